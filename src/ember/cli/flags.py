@@ -10,6 +10,8 @@ Go's rule that a boolean flag never takes the next word as its value, which
 from __future__ import annotations
 
 import argparse
+import re
+import uuid
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -40,6 +42,7 @@ class FlagParser(argparse.ArgumentParser):
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         self._bool_spellings: set[str] = set()
+        self._spellings: set[str] = {"-h", "-help", "--help"}
         self.add_argument("-h", "-help", "--help", action="help", help="show this help and exit")
 
     def add_flag(
@@ -53,6 +56,7 @@ class FlagParser(argparse.ArgumentParser):
         required: bool = False,
     ) -> None:
         """A flag that takes a value, spelled ``-name`` or ``--name``."""
+        self._spellings.update((f"-{name}", f"--{name}"))
         self.add_argument(
             f"-{name}",
             f"--{name}",
@@ -68,6 +72,7 @@ class FlagParser(argparse.ArgumentParser):
         """A Go boolean flag: ``-name`` is true, ``-name=false`` is false."""
         spellings = (f"-{name}", f"--{name}")
         self._bool_spellings.update(spellings)
+        self._spellings.update(spellings)
         self.add_argument(
             *spellings,
             dest=name.replace("-", "_"),
@@ -90,8 +95,46 @@ class FlagParser(argparse.ArgumentParser):
                 continue
             if arg == "--":
                 passthrough = True
+            elif arg.startswith("-") and len(arg) > 1 and arg.split("=", 1)[0] not in self._spellings:
+                # argparse 3.11 matches prefixes of single-dash flags even with allow_abbrev off.
+                self.error(f"flag provided but not defined: {arg.split('=', 1)[0]}")
             rewritten.append(f"{arg}=true" if arg in self._bool_spellings else arg)
         return super().parse_known_args(rewritten, namespace)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message}; run '{self.prog} -help' for the flags")
+
+
+def build_id(text: str) -> str:
+    """Argument type for build ids: the seed refuses anything but a UUID, and so do we."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a build id: expected a UUID such as the output of uuidgen"
+        ) from None
+
+
+def non_negative(text: str) -> int:
+    """Argument type for counts and offsets."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must not be negative")
+    return value
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def go_duration(text: str) -> float:
+    """Seconds in a Go duration string such as ``48h``, ``1h30m`` or ``500ms`` (what -grace takes)."""
+    parts = _DURATION_PART.findall(text)
+    if text == "0":
+        return 0.0
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use forms like 48h, 90m, 1h30m, 10s)")
+    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
