@@ -247,7 +247,12 @@ def _str_map(parent: dict[str, Any], key: str) -> dict[str, str]:
 def _encode(document: dict[str, Any]) -> bytes:
     """Compact JSON with the HTML-safe escapes the original's encoder applies."""
     text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
-    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
-                          ("\u2029", "\\u2029")):
+    for char, escaped in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         text = text.replace(char, escaped)
     return text.encode()

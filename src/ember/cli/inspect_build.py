@@ -11,8 +11,7 @@ from ember.build.inspect import DataReport, HeaderReport, Role, inspect_header, 
 from ember.cli.flags import FlagParser, build_id, non_negative
 from ember.cli.render import file_flag, print_metadata, storage_flag
 from ember.errors import UsageError
-from ember.header import format_mapping
-from ember.header.layout import RECORD_BYTES
+from ember.header import RECORD_BYTES, format_mapping
 from ember.storage import open_storage
 
 SUMMARY = "print a build's header: metadata, mappings and which build provides what"

@@ -20,7 +20,11 @@ FULL_V2 = {
         "firecracker_version": "v1.14.1_431f1fc",
     },
     "context": {"user": "user", "workdir": "/home/user", "env_vars": {"A": "1"}},
-    "start": {"start_command": "npm start", "ready_command": "curl localhost:3000", "context": {"user": "root"}},
+    "start": {
+        "start_command": "npm start",
+        "ready_command": "curl localhost:3000",
+        "context": {"user": "root"},
+    },
     "from_image": "e2bdev/base:latest",
     "from_template": {"alias": "base", "build_id": "0d6f7c1e-1111-4e0b-9a44-1b1f0b6b2a10"},
     "prefetch": {"memory": {"indices": [5, 1, 9], "access_types": ["r", "w", "p"], "block_size": 2097152}},
@@ -35,12 +39,25 @@ def test_full_v2_document_round_trips_byte_for_byte() -> None:
     parsed = parse_metadata(encoded)
     assert parsed.template.kernel_version == "vmlinux-6.1.158"
     assert parsed.context == Context(user="user", workdir="/home/user", env_vars={"A": "1"})
-    assert parsed.prefetch == MemoryPrefetch(indices=(5, 1, 9), access_types=("r", "w", "p"), block_size=2097152)
+    assert parsed.prefetch == MemoryPrefetch(
+        indices=(5, 1, 9), access_types=("r", "w", "p"), block_size=2097152
+    )
     assert parsed.to_json() == encoded
 
 
-@pytest.mark.parametrize("raw", ['{"version":1}', '{"version":0}', '{"version":"1"}', "{}", '{"version":1.0}',
-                                 '{"version":-3}', '{"version":null}', '{"version":true}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"version":1}',
+        '{"version":0}',
+        '{"version":"1"}',
+        "{}",
+        '{"version":1.0}',
+        '{"version":-3}',
+        '{"version":null}',
+        '{"version":true}',
+    ],
+)
 def test_deprecated_versions_keep_only_the_version(raw: str) -> None:
     document = json.loads(raw)
     document["template"] = {"build_id": "x", "kernel_version": "k"}
@@ -61,8 +78,11 @@ def test_wrongly_typed_field_is_a_metadata_error() -> None:
 
 
 def test_prefetch_survives_a_file_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    meta = TemplateMetadata(version=2, template=TemplateInfo(build_id="b"),
-                            prefetch=MemoryPrefetch(indices=(3, 4), access_types=("r", "r"), block_size=4096))
+    meta = TemplateMetadata(
+        version=2,
+        template=TemplateInfo(build_id="b"),
+        prefetch=MemoryPrefetch(indices=(3, 4), access_types=("r", "r"), block_size=4096),
+    )
     path = tmp_path / "metadata.json"
     path.write_bytes(meta.to_json())
     assert parse_metadata(path.read_bytes()) == meta
@@ -70,11 +90,16 @@ def test_prefetch_survives_a_file_round_trip(tmp_path) -> None:  # type: ignore[
 
 def test_paused_build_metadata_drops_what_described_the_parent_snapshot() -> None:
     parent = TemplateMetadata(
-        version=2, template=TemplateInfo(build_id="old", kernel_version="k", firecracker_version="f"),
-        start=Start(start_command="s"), prefetch=MemoryPrefetch(indices=(1,), access_types=("r",), block_size=4096),
-        filesystem_only=True, fs_quiesced=True,
+        version=2,
+        template=TemplateInfo(build_id="old", kernel_version="k", firecracker_version="f"),
+        start=Start(start_command="s"),
+        prefetch=MemoryPrefetch(indices=(1,), access_types=("r",), block_size=4096),
+        filesystem_only=True,
+        fs_quiesced=True,
     )
-    child = parent.same_version_template(TemplateInfo(build_id="new", kernel_version="k", firecracker_version="f"))
+    child = parent.same_version_template(
+        TemplateInfo(build_id="new", kernel_version="k", firecracker_version="f")
+    )
     assert child.template.build_id == "new"
     assert child.start == parent.start
     assert (child.prefetch, child.filesystem_only, child.fs_quiesced) == (None, False, False)

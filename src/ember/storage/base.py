@@ -1,0 +1,145 @@
+"""The one storage interface every backend implements, and the helpers they share.
+
+A key names one object: ``{buildId}/{file}`` (facts file 1.1). Keys use ``/`` as the only
+separator, never start with ``/`` and never contain ``.`` or ``..`` components, so a key
+can be joined under a local directory without escaping it.
+
+Guarantees every backend keeps:
+
+* puts are atomic: a reader sees the old object or the whole new one, never a prefix;
+* ``get_to_file`` writes a temporary name next to the destination and renames it into
+  place, so a failed download leaves no file at the destination path;
+* ``read_range`` returns fewer bytes than asked only when the object ends first;
+* the only exceptions that escape are ``ember.errors`` ones: a missing object raises
+  ``ObjectNotFound``; an endpoint that cannot be reached, a missing bucket or refused
+  credentials raise ``StorageUnreachable``; anything else raises ``StorageError``.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import google_crc32c
+
+from ember.errors import StorageError, UsageError
+
+COPY_BUFFER_SIZE = 1 << 20
+
+
+class Storage(abc.ABC):
+    """An object store addressed by ``{buildId}/{file}`` keys; safe to share between threads."""
+
+    @property
+    @abc.abstractmethod
+    def url(self) -> str:
+        """Where this storage lives, for messages (``gs://bucket/prefix``, ``file:///dir``)."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes:
+        """The whole object."""
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` atomically, replacing any previous object."""
+
+    @abc.abstractmethod
+    def put_file(self, key: str, path: Path) -> None:
+        """Upload a local file without holding it in memory; atomic like ``put``."""
+
+    @abc.abstractmethod
+    def get_to_file(self, key: str, path: Path) -> None:
+        """Download the object to ``path`` without holding it in memory; all or nothing."""
+
+    @abc.abstractmethod
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset``; shorter only where the object ends."""
+
+    @abc.abstractmethod
+    def size(self, key: str) -> int:
+        """Object size in bytes."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether the object exists (a missing bucket is an error, not ``False``)."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Keys starting with ``prefix`` (plain string prefix, not a directory), sorted."""
+
+    @abc.abstractmethod
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object whose key starts with ``prefix``; returns how many."""
+
+    @abc.abstractmethod
+    def crc32c(self, key: str) -> int | None:
+        """CRC32C (Castagnoli) of the object, or ``None`` when the backend does not know it."""
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape a local root or that no bucket would store as written."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(part in ("", ".", "..") for part in parts) or "\0" in key:
+        raise UsageError(
+            f"invalid storage key {key!r}: use '<build id>/<file>' with no empty, '.' or '..' parts"
+        )
+    return key
+
+
+def check_range(offset: int, length: int) -> None:
+    """Reject negative ranges before they reach a backend that would misread them."""
+    if offset < 0 or length < 0:
+        raise UsageError(f"invalid range offset={offset} length={length}: both must be >= 0")
+
+
+def crc32c_of_file(path: Path) -> int:
+    """CRC32C of a local file, streamed so multi-GiB files stay out of memory."""
+    crc = 0
+    with path.open("rb") as source:
+        while chunk := source.read(COPY_BUFFER_SIZE):
+            crc = int(google_crc32c.extend(crc, chunk))
+    return crc
+
+
+def crc32c_of_bytes(data: bytes) -> int:
+    """CRC32C of an in-memory buffer."""
+    return int(google_crc32c.value(data))
+
+
+def atomic_write(path: Path, fill: Callable[[BinaryIO], object], *, fsync: bool = True) -> None:
+    """Write ``path`` through a temporary sibling and rename it into place.
+
+    ``fill`` writes the content to the open temporary file. If it raises, the temporary
+    file is removed and the exception propagates, so ``path`` is either untouched or the
+    complete new content: never a torn file. ``fsync`` makes the content durable before
+    the rename (skip it only for caches that can refetch).
+    """
+    directory = path.parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise StorageError(f"cannot create a file in {directory}: {exc}; check permissions") from exc
+    try:
+        with os.fdopen(fd, "wb") as target:
+            fill(target)
+            target.flush()
+            if fsync:
+                os.fsync(target.fileno())
+        os.replace(temp_name, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_name)
+        if isinstance(exc, OSError):
+            raise StorageError(f"cannot write {path}: {exc}; check permissions and free space") from exc
+        raise
+
+
+def is_temporary_name(name: str) -> bool:
+    """Whether a file name is an in-flight ``atomic_write`` temporary, hidden from listings."""
+    return name.startswith(".") and name.endswith(".tmp")

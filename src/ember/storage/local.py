@@ -1,0 +1,141 @@
+"""Storage in a local directory: object ``{build}/{file}`` is the file ``<root>/{build}/{file}``.
+
+Layout (the same relative keys as a bucket, facts file 1.1)::
+
+    <root>/
+      <build uuid>/
+        memfile  memfile.header  rootfs.ext4  rootfs.ext4.header  snapfile  metadata.json
+        .memfile.k3j2x9.tmp      <- an upload in flight; hidden from list(), renamed when complete
+
+Every write lands in a temporary sibling, is fsynced, then ``os.replace``d over the key,
+so readers in any process see the old file or the new one, never part of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import BinaryIO
+
+from ember.errors import ObjectNotFound, StorageError
+from ember.storage.base import (
+    COPY_BUFFER_SIZE,
+    Storage,
+    atomic_write,
+    check_key,
+    check_range,
+    crc32c_of_file,
+    is_temporary_name,
+)
+
+
+class LocalStorage(Storage):
+    """A directory used as an object store; the root need not exist until the first put."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root.absolute()
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    @property
+    def url(self) -> str:
+        return self._root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        return self._root / check_key(key)
+
+    def _missing(self, key: str, exc: OSError) -> StorageError:
+        if isinstance(exc, FileNotFoundError | NotADirectoryError | IsADirectoryError):
+            return ObjectNotFound(key, self.url)
+        return StorageError(f"cannot read {key!r} in {self.url}: {exc}; check the directory permissions")
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except OSError as exc:
+            raise self._missing(key, exc) from exc
+
+    def put(self, key: str, data: bytes) -> None:
+        atomic_write(self._path(key), lambda target: target.write(data))
+
+    def put_file(self, key: str, path: Path) -> None:
+        try:
+            with path.open("rb") as source:
+                atomic_write(self._path(key), lambda target: _copy(source, target))
+        except OSError as exc:
+            raise StorageError(f"cannot read upload source {path}: {exc}; check the path") from exc
+
+    def get_to_file(self, key: str, path: Path) -> None:
+        try:
+            with self._path(key).open("rb") as source:
+                atomic_write(path, lambda target: _copy(source, target))
+        except OSError as exc:
+            raise self._missing(key, exc) from exc
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        check_range(offset, length)
+        try:
+            with self._path(key).open("rb") as source:
+                return os.pread(source.fileno(), length, offset) if length else b""
+        except OSError as exc:
+            raise self._missing(key, exc) from exc
+
+    def size(self, key: str) -> int:
+        try:
+            path = self._path(key)
+            if path.is_dir():
+                raise ObjectNotFound(key, self.url)
+            return path.stat().st_size
+        except OSError as exc:
+            raise self._missing(key, exc) from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        # Walk only the deepest directory the prefix pins down, not the whole root.
+        directory = self._root / check_key(prefix.rpartition("/")[0]) if "/" in prefix else self._root
+        keys: list[str] = []
+        for current, dirs, files in os.walk(directory):
+            dirs.sort()
+            relative = Path(current).relative_to(self._root).as_posix()
+            base = "" if relative == "." else relative + "/"
+            keys.extend(base + name for name in files if not is_temporary_name(name))
+        return sorted(key for key in keys if key.startswith(prefix))
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self.list(prefix)
+        for key in keys:
+            try:
+                self._path(key).unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StorageError(f"cannot delete {key!r} in {self.url}: {exc}; check permissions") from exc
+        for directory in sorted({self._path(key).parent for key in keys}, key=lambda p: -len(p.parts)):
+            _remove_empty_dirs(directory, self._root)
+        return len(keys)
+
+    def crc32c(self, key: str) -> int | None:
+        try:
+            return crc32c_of_file(self._path(key))
+        except OSError as exc:
+            raise self._missing(key, exc) from exc
+
+
+def _copy(source: BinaryIO, target: BinaryIO) -> None:
+    shutil.copyfileobj(source, target, COPY_BUFFER_SIZE)
+
+
+def _remove_empty_dirs(directory: Path, root: Path) -> None:
+    """Remove ``directory`` and its parents up to (not including) ``root`` while they are empty."""
+    while directory != root and root in directory.parents:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+        if directory.exists():
+            return
+        directory = directory.parent

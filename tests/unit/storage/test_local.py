@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ember.errors import StorageError
+from ember.storage import LocalStorage
+from ember.storage.base import atomic_write
+
+BUILD = "6e5d4c3b-2a19-4807-8f6e-5d4c3b2a1908"
+
+
+def test_objects_are_plain_files_under_the_root(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    storage.put(f"{BUILD}/memfile.header", b"h")
+    assert (tmp_path / BUILD / "memfile.header").read_bytes() == b"h"
+    assert storage.url == tmp_path.as_uri()
+
+
+def test_a_failed_write_keeps_the_old_object_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / BUILD / "memfile"
+    storage = LocalStorage(tmp_path)
+    storage.put(f"{BUILD}/memfile", b"old")
+
+    def fail_midway(handle: object) -> None:
+        handle.write(b"partial")  # type: ignore[attr-defined]
+        raise RuntimeError("disk vanished")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, fail_midway)
+    assert target.read_bytes() == b"old"
+    assert os.listdir(target.parent) == ["memfile"]
+
+
+def test_in_flight_temporaries_are_not_listed(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    storage.put(f"{BUILD}/snapfile", b"s")
+    (tmp_path / BUILD / ".memfile.abc123.tmp").write_bytes(b"half")
+    assert storage.list("") == [f"{BUILD}/snapfile"]
+
+
+def test_delete_prefix_removes_emptied_build_directories(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    storage.put(f"{BUILD}/snapfile", b"s")
+    assert storage.delete_prefix(f"{BUILD}/") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_upload_of_a_missing_file_is_a_storage_error(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="upload source"):
+        LocalStorage(tmp_path).put_file(f"{BUILD}/memfile", tmp_path / "nope")
