@@ -4,10 +4,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages ember uses: the venv module for Python, and e2fsprogs for the ext4 tools.
+# Debian packages ember uses, each checked by a file it installs:
+#   python3-venv  the venv module            e2fsprogs  mkfs.ext4, e2fsck
+#   libnbd-bin    nbdinfo, nbdcopy (tests)   nbdfuse    NBD export as a FUSE file (no kernel NBD here)
+#   fuse3         fusermount3                qemu-utils qemu-img, qemu-io (tests)
+#   qemu-system-x86  the VMM for Linux guests  busybox-static, cpio, kmod  guest initramfs assembly
 apt_packages=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_packages+=(python3-venv)
-command -v mkfs.ext4 >/dev/null || apt_packages+=(e2fsprogs)
+need() { command -v "$1" >/dev/null || [[ -e $1 ]] || apt_packages+=("$2"); }
+need mkfs.ext4 e2fsprogs
+need nbdinfo libnbd-bin
+need nbdfuse nbdfuse
+need fusermount3 fuse3
+need qemu-img qemu-utils
+need qemu-system-x86_64 qemu-system-x86
+need /bin/busybox busybox-static
+need cpio cpio
+need depmod kmod
 if ((${#apt_packages[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "setup: missing Debian packages: ${apt_packages[*]}; run as root or apt-get install them" >&2

@@ -1,0 +1,35 @@
+"""The public surface is deliberate: adding or removing a name is a visible change."""
+
+import ember
+import ember.build
+import ember.header
+import ember.storage
+
+
+def test_top_level_exports_the_error_hierarchy_and_version() -> None:
+    assert ember.__all__ == [
+        "BuildError",
+        "EmberError",
+        "HeaderError",
+        "MappingError",
+        "MetadataError",
+        "ObjectNotFound",
+        "StorageError",
+        "StorageUnreachable",
+        "UsageError",
+        "__version__",
+    ]
+
+
+def test_every_exported_name_exists() -> None:
+    for module in (ember, ember.build, ember.header, ember.storage):
+        for name in module.__all__:
+            assert hasattr(module, name), f"{module.__name__}.{name}"
+        assert sorted(set(module.__all__)) == sorted(module.__all__)
+
+
+def test_every_error_derives_from_ember_error() -> None:
+    for name in ember.__all__:
+        value = getattr(ember, name)
+        if isinstance(value, type):
+            assert issubclass(value, ember.EmberError)
