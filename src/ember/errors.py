@@ -13,6 +13,8 @@ Hierarchy::
     ├── MappingError          a mapping list that is malformed or does not cover an offset
     ├── MetadataError         metadata.json that cannot be decoded
     ├── BuildError            a build that is missing, incomplete or inconsistent
+    ├── GuestError            a guest kernel, initramfs or root filesystem cannot be assembled
+    ├── VmError               a VM failed to boot, pause, snapshot, restore or stop
     └── StorageError          a storage backend failed
         ├── ObjectNotFound    the object does not exist
         └── StorageUnreachable the backend cannot be reached or refused access
@@ -45,6 +47,14 @@ class MetadataError(EmberError):
 
 class BuildError(EmberError):
     """A build is missing, incomplete, or inconsistent with what references it."""
+
+
+class GuestError(EmberError):
+    """A guest kernel, initramfs or root filesystem cannot be provisioned or assembled."""
+
+
+class VmError(EmberError):
+    """A VM failed to boot, pause, snapshot, restore or stop, or was asked to in the wrong state."""
 
 
 class StorageError(EmberError):

@@ -1,4 +1,4 @@
-"""One behaviour suite run against every backend: local, memory, GCS (emulator) and S3 (moto)."""
+"""One behaviour suite for every backend: local, memory, chunk cache, GCS (emulator), S3 (moto)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import google_crc32c
 import pytest
 
 from ember.errors import ObjectNotFound, StorageUnreachable, UsageError
-from ember.storage import LocalStorage, MemoryStorage, Storage
+from ember.storage import ChunkCache, LocalStorage, MemoryStorage, Storage
 from ember.storage.gcs import GcsStorage
 from ember.storage.s3 import S3Storage
 
@@ -37,6 +37,7 @@ def _s3(endpoint: Any, bucket: str, prefix: str = "") -> S3Storage:
     params=[
         "local",
         "memory",
+        "cached-local",
         pytest.param("gcs", marks=pytest.mark.emulator),
         pytest.param("s3", marks=pytest.mark.emulator),
     ]
@@ -48,6 +49,10 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
         yield LocalStorage(tmp_path / "store")
     elif request.param == "memory":
         yield MemoryStorage(prefix)
+    elif request.param == "cached-local":
+        cache = ChunkCache(LocalStorage(tmp_path / "store"), tmp_path / "cache")
+        yield cache
+        cache.close()
     elif request.param == "gcs":
         endpoint = request.getfixturevalue("gcs_emulator")
         yield GcsStorage(endpoint.bucket, prefix, emulator_host=endpoint.url)
@@ -81,6 +86,34 @@ def test_read_range_returns_the_slice_and_is_short_only_at_the_end(storage: Stor
     assert storage.read_range(key, len(data), 5) == b""
     assert storage.read_range(key, len(data) + 4096, 5) == b""
     assert storage.read_range(key, 7, 0) == b""
+
+
+def test_read_range_into_fills_the_buffer_and_is_short_only_at_the_end(storage: Storage) -> None:
+    data = bytes(range(256)) * 40
+    key = f"{BUILD}/memfile"
+    storage.put(key, data)
+    buffer = bytearray(b"\xee" * 400)
+    assert storage.read_range_into(key, 100, memoryview(buffer)[50:350]) == 300
+    assert buffer == b"\xee" * 50 + data[100:400] + b"\xee" * 50
+    whole = bytearray(len(data))
+    assert storage.read_range_into(key, 0, whole) == len(data)
+    assert whole == data
+    tail = bytearray(b"\xee" * 100)
+    assert storage.read_range_into(key, len(data) - 10, tail) == 10
+    assert tail == data[-10:] + b"\xee" * 90
+    assert storage.read_range_into(key, len(data), tail) == 0
+    assert storage.read_range_into(key, len(data) + 4096, tail) == 0
+    assert storage.read_range_into(key, 7, bytearray()) == 0
+    assert tail == data[-10:] + b"\xee" * 90
+
+
+def test_read_range_into_rejects_read_only_buffers_and_negative_offsets(storage: Storage) -> None:
+    key = f"{BUILD}/memfile"
+    storage.put(key, b"0123456789")
+    with pytest.raises(UsageError, match="writable"):
+        storage.read_range_into(key, 0, memoryview(b"read-only"))
+    with pytest.raises(UsageError, match="offset=-1"):
+        storage.read_range_into(key, -1, bytearray(4))
 
 
 def test_size_and_exists_report_the_object(storage: Storage) -> None:
@@ -132,6 +165,9 @@ def test_put_file_and_get_to_file_round_trip_a_multi_mib_file(storage: Storage, 
     storage.get_to_file(f"{BUILD}/memfile", target)
     assert target.read_bytes() == data
     assert storage.read_range(f"{BUILD}/memfile", 4 * MIB - 10, 20) == data[4 * MIB - 10 : 4 * MIB + 10]
+    spanning = bytearray(5 * MIB)
+    assert storage.read_range_into(f"{BUILD}/memfile", 3 * MIB + 7, spanning) == 5 * MIB
+    assert spanning == data[3 * MIB + 7 : 8 * MIB + 7]
 
 
 @pytest.mark.parametrize(
@@ -139,10 +175,11 @@ def test_put_file_and_get_to_file_round_trip_a_multi_mib_file(storage: Storage, 
     [
         lambda s: s.get(f"{BUILD}/memfile"),
         lambda s: s.read_range(f"{BUILD}/memfile", 0, 10),
+        lambda s: s.read_range_into(f"{BUILD}/memfile", 0, bytearray(10)),
         lambda s: s.size(f"{BUILD}/memfile"),
         lambda s: s.crc32c(f"{BUILD}/memfile"),
     ],
-    ids=["get", "read_range", "size", "crc32c"],
+    ids=["get", "read_range", "read_range_into", "size", "crc32c"],
 )
 def test_missing_object_raises_object_not_found_naming_the_key(
     storage: Storage, operation: Callable[[Storage], object]
@@ -197,8 +234,9 @@ def _missing_bucket_stores(request: pytest.FixtureRequest) -> list[Storage]:
         lambda s: s.exists(f"{BUILD}/memfile"),
         lambda s: s.list(""),
         lambda s: s.read_range(f"{BUILD}/memfile", 0, 1),
+        lambda s: s.read_range_into(f"{BUILD}/memfile", 0, bytearray(1)),
     ],
-    ids=["get", "size", "exists", "list", "read_range"],
+    ids=["get", "size", "exists", "list", "read_range", "read_range_into"],
 )
 def test_missing_bucket_is_unreachable_not_a_missing_object(
     request: pytest.FixtureRequest, operation: Callable[[Storage], object]

@@ -10,9 +10,17 @@ The top build's header maps every device byte to the build that holds it (facts 
             at storage    no storage  at storage      frames covering the range)
             offset        call        offset
 
-A read plans its segments once (two binary searches over the mapping columns, then one
-step per mapping row it crosses, never one per 4 KiB block), reads each segment with one
-``read_range`` on the data object, and assembles them with at most one copy.
+A read plans its segments once (one binary search over the mapping columns, then one
+step per mapping row it crosses, never one per 4 KiB block; rows of one build that are
+contiguous in storage become one segment). Each segment then lands directly in its slice
+of the caller's buffer: nil segments are zero-filled there, stored ones are read there with
+one ``read_range_into`` each, framed ones are decoded and copied there. No intermediate
+buffer holds the device bytes, so ``readinto`` copies each byte once (``read_at`` allocates
+the buffer and copies once more into the returned ``bytes``).
+
+One storage call per segment is cheap on local storage and through a ``ChunkCache`` (one
+``preadv`` on an open chunk file); straight against a bucket it would be one request per
+segment, so put a ``ChunkCache`` in front of remote storage.
 
 Guarantees:
 
@@ -25,10 +33,13 @@ Guarantees:
 
 from __future__ import annotations
 
+import bisect
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
+
+import numpy as np
 
 from ember.build.compressed import FramedReader
 from ember.errors import BuildError, HeaderError, MappingError, ObjectNotFound
@@ -41,12 +52,9 @@ from ember.header import (
     deserialize_header,
 )
 from ember.storage import MEMFILE, ROOTFS, BuildPaths, Storage
+from ember.storage.base import writable_view
 
 _ZEROS: Final = memoryview(bytes(4 << 20))
-COALESCE_GAP_BYTES: Final = 1 << 20
-"""Storage bytes between two wanted ranges of one build that are read and dropped to save a call."""
-
-Piece = bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +115,15 @@ class BuildFile:
         self._storage = storage
         self._framed = FramedReader(storage)
         table = header.mappings
-        self._offsets = table.offsets
-        self._lengths = table.lengths
-        self._storage_offsets = table.storage_offsets
-        self._build_index = table.build_index
+        # Plain memoryviews of the columns: indexing and bisect on them cost a fraction of
+        # numpy scalar access, and searchsorted with a Python int converts the whole column.
+        self._offsets = _column(table.offsets)
+        self._lengths = _column(table.lengths)
+        self._storage_offsets = _column(table.storage_offsets)
+        self._build_index = _column(table.build_index)
         self._builds = table.builds
         self._lock = threading.Lock()
-        self._sources: dict[int, _Source] = {}
+        self._sources: dict[int, _Source | None] = {}
 
     @classmethod
     def open(cls, storage: Storage, build_id: uuid.UUID | str, file_name: str) -> BuildFile:
@@ -149,60 +159,68 @@ class BuildFile:
 
     def read_at(self, offset: int, length: int) -> bytes:
         """``length`` bytes from ``offset``; fewer only where the device ends."""
-        pieces = self._pieces(offset, length)
-        if len(pieces) == 1:
-            return pieces[0] if isinstance(pieces[0], bytes) else bytes(pieces[0])
-        return b"".join(pieces)
+        end = self._end_of(offset, length)
+        if offset >= end:
+            return b""
+        buffer = bytearray(end - offset)
+        self._fill(memoryview(buffer), offset)
+        return bytes(buffer)
 
     def readinto(self, buffer: bytearray | memoryview, offset: int) -> int:
         """Fill ``buffer`` from device ``offset``; returns the bytes filled (short only at the end)."""
-        view = memoryview(buffer).cast("B")
-        position = 0
-        for piece in self._pieces(offset, len(view)):
-            end = position + len(piece)
-            view[position:end] = piece
-            position = end
-        return position
+        view = writable_view(buffer)
+        end = self._end_of(offset, len(view))
+        if offset >= end:
+            return 0
+        self._fill(view[: end - offset], offset)
+        return end - offset
 
-    def _pieces(self, offset: int, length: int) -> list[Piece]:
+    def _end_of(self, offset: int, length: int) -> int:
         if offset < 0 or length < 0:
             raise BuildError(f"invalid read offset={offset} length={length}: both must be >= 0")
-        end = min(offset + length, self.size)
-        if offset >= end:
-            return []
-        segments = self._plan(offset, end)
-        pieces: list[list[Piece]] = [[] for _ in segments]
-        plain: dict[int, list[int]] = {}
-        for i, (_, segment_length, build_index, storage_offset) in enumerate(segments):
-            source = self._source(build_index)
+        return min(offset + length, self.size)
+
+    def _fill(self, view: memoryview, offset: int) -> None:
+        """Fill ``view`` with device bytes ``[offset, offset + len(view))``, all inside the device.
+
+        This loop runs once per segment (dozens per 4 MiB read of a fragmented chain), so the
+        common cases are spelled out inline rather than behind helper calls.
+        """
+        sources = self._sources
+        read_into = self._storage.read_range_into
+        for device_offset, length, build_index, storage_offset in self._plan(offset, offset + len(view)):
+            low = device_offset - offset
+            target = view[low : low + length]
+            source = sources[build_index] if build_index in sources else self._source(build_index)
             if source is None:
-                pieces[i].append(
-                    _ZEROS[:segment_length] if segment_length <= len(_ZEROS) else bytes(segment_length)
-                )
+                _zero_fill(target)
             elif source.frames is None:
-                plain.setdefault(build_index, []).append(i)
+                try:
+                    filled = read_into(source.key, storage_offset, target)
+                except ObjectNotFound as exc:
+                    raise self._missing(source, device_offset) from exc
+                if filled != length:
+                    raise self._truncated(source, storage_offset, filled, length, device_offset)
             else:
-                pieces[i] = self._framed.read(source.key, source.frames, storage_offset, segment_length)
-        for build_index, indices in plain.items():
-            self._read_plain(
-                self._sources[build_index], [segments[i] for i in indices], [pieces[i] for i in indices]
-            )
-        return [piece for segment_pieces in pieces for piece in segment_pieces]
+                position = 0
+                for piece in self._framed.read(source.key, source.frames, storage_offset, length):
+                    target[position : position + len(piece)] = piece
+                    position += len(piece)
 
     def _plan(self, offset: int, end: int) -> list[tuple[int, int, int, int]]:
         """``(device offset, length, build index, storage offset)`` segments covering ``[offset, end)``.
 
         Adjacent rows of one build that are contiguous in storage become one segment.
         """
-        first = int(self._offsets.searchsorted(offset, side="right")) - 1
+        first = bisect.bisect_right(self._offsets, offset) - 1
         if first < 0:
             raise self._gap(offset)
-        row_offset = int(self._offsets[first])
-        if end <= row_offset + int(self._lengths[first]):
+        row_offset = self._offsets[first]
+        if end <= row_offset + self._lengths[first]:
             # Small reads mostly land inside one row: skip the column slicing below.
-            row_storage = int(self._storage_offsets[first]) + offset - row_offset
-            return [(offset, end - offset, int(self._build_index[first]), row_storage)]
-        last = int(self._offsets.searchsorted(end, side="left"))
+            row_storage = self._storage_offsets[first] + offset - row_offset
+            return [(offset, end - offset, self._build_index[first], row_storage)]
+        last = bisect.bisect_left(self._offsets, end)
         rows = zip(
             self._offsets[first:last].tolist(),
             self._lengths[first:last].tolist(),
@@ -237,65 +255,45 @@ class BuildFile:
         )
 
     def _source(self, build_index: int) -> _Source | None:
-        """The data object of a row's build, or None for nil rows (zeros)."""
-        source = self._sources.get(build_index)
-        if source is not None:
-            return source
+        """The data object of a row's build, or None for nil rows (zeros); looked up once per build."""
+        if build_index in self._sources:
+            return self._sources[build_index]
         build = self._builds[build_index]
-        if build == NIL_UUID:
-            return None
-        frames = frame_table_of(self._storage, self.header, build, self.file_name)
-        compression = 0 if frames is None else int(frames.compression_type)
-        source = _Source(build, BuildPaths(build).data_object(self.file_name, compression), frames)
+        source = None
+        if build != NIL_UUID:
+            frames = frame_table_of(self._storage, self.header, build, self.file_name)
+            compression = 0 if frames is None else int(frames.compression_type)
+            source = _Source(build, BuildPaths(build).data_object(self.file_name, compression), frames)
         with self._lock:
             self._sources[build_index] = source
         return source
 
-    def _read_plain(
-        self, source: _Source, segments: list[tuple[int, int, int, int]], pieces: list[list[Piece]]
-    ) -> None:
-        """Read one build's segments, one storage call per run of nearby storage ranges.
+    def _missing(self, source: _Source, device_offset: int) -> BuildError:
+        return BuildError(
+            f"data object {source.key!r} of build {source.build_id} is missing from "
+            f"{self._storage.url}, but build {self.build_id}'s {self.file_name} header maps device "
+            f"offset {device_offset} to it; copy or re-upload build {source.build_id}"
+        )
 
-        Segments of a build within one request sit close together in its packed data object
-        (only blocks that later layers overwrote lie between them), so reading the gaps too
-        costs far less than a storage call per segment.
-        """
-        if len(segments) == 1:
-            self._read_run(source, segments, pieces)
-            return
-        order = sorted(range(len(segments)), key=lambda i: segments[i][3])
-        run: list[int] = []
-        for i in order:
-            _, _, _, storage_offset = segments[i]
-            if run:
-                _, last_length, _, last_storage = segments[run[-1]]
-                if storage_offset - (last_storage + last_length) > COALESCE_GAP_BYTES:
-                    self._read_run(source, [segments[j] for j in run], [pieces[j] for j in run])
-                    run = []
-            run.append(i)
-        self._read_run(source, [segments[j] for j in run], [pieces[j] for j in run])
+    def _truncated(
+        self, source: _Source, storage_offset: int, filled: int, length: int, device_offset: int
+    ) -> BuildError:
+        return BuildError(
+            f"data object {source.key!r} of build {source.build_id} in {self._storage.url} ends at "
+            f"byte {storage_offset + filled}, but build {self.build_id}'s {self.file_name} header needs "
+            f"bytes [{storage_offset}, {storage_offset + length}) for device offset {device_offset}: "
+            f"the object is truncated or corrupt; re-upload build {source.build_id}"
+        )
 
-    def _read_run(
-        self, source: _Source, segments: list[tuple[int, int, int, int]], pieces: list[list[Piece]]
-    ) -> None:
-        start = segments[0][3]
-        end = max(storage_offset + length for _, length, _, storage_offset in segments)
-        try:
-            data = self._storage.read_range(source.key, start, end - start)
-        except ObjectNotFound as exc:
-            raise BuildError(
-                f"data object {source.key!r} of build {source.build_id} is missing from "
-                f"{self._storage.url}, but build {self.build_id}'s {self.file_name} header maps device "
-                f"offset {segments[0][0]} to it; copy or re-upload build {source.build_id}"
-            ) from exc
-        view = memoryview(data)
-        for (device_offset, length, _, storage_offset), segment_pieces in zip(segments, pieces, strict=True):
-            low = storage_offset - start
-            if low + length > len(data):
-                raise BuildError(
-                    f"data object {source.key!r} of build {source.build_id} in {self._storage.url} ends at "
-                    f"byte {start + len(data)}, but build {self.build_id}'s {self.file_name} header needs "
-                    f"bytes [{storage_offset}, {storage_offset + length}) for device offset {device_offset}: "
-                    f"the object is truncated or corrupt; re-upload build {source.build_id}"
-                )
-            segment_pieces.append(data if low == 0 and length == len(data) else view[low : low + length])
+
+def _column(values: np.ndarray[Any, np.dtype[Any]]) -> memoryview:
+    return np.ascontiguousarray(values).data
+
+
+def _zero_fill(view: memoryview) -> None:
+    if len(view) <= len(_ZEROS):
+        view[:] = _ZEROS[: len(view)]
+        return
+    for start in range(0, len(view), len(_ZEROS)):
+        chunk = view[start : start + len(_ZEROS)]
+        chunk[:] = _ZEROS[: len(chunk)]

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "copy-build": "ember.cli.copy_build",
     "clean-nfs-cache": "ember.cli.clean_nfs_cache",
     "hammer-file": "ember.cli.hammer_file",
+    "mount-build-rootfs": "ember.cli.mount_build_rootfs",
 }
 
 

@@ -9,7 +9,8 @@ Guarantees every backend keeps:
 * puts are atomic: a reader sees the old object or the whole new one, never a prefix;
 * ``get_to_file`` writes a temporary name next to the destination and renames it into
   place, so a failed download leaves no file at the destination path;
-* ``read_range`` returns fewer bytes than asked only when the object ends first;
+* ``read_range`` returns fewer bytes than asked only when the object ends first, and
+  ``read_range_into`` likewise fills the whole buffer unless the object ends first;
 * the only exceptions that escape are ``ember.errors`` ones: a missing object raises
   ``ObjectNotFound``; an endpoint that cannot be reached, a missing bucket or refused
   credentials raise ``StorageUnreachable``; anything else raises ``StorageError``.
@@ -60,6 +61,18 @@ class Storage(abc.ABC):
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         """``length`` bytes from ``offset``; shorter only where the object ends."""
 
+    def read_range_into(self, key: str, offset: int, buffer: bytearray | memoryview) -> int:
+        """Fill ``buffer`` with the object's bytes from ``offset``; returns how many were filled.
+
+        Fewer than ``len(buffer)`` only where the object ends; bytes of ``buffer`` past that
+        count are left as they were. Backends that can read straight into memory override
+        this; the default costs one extra copy through ``read_range``.
+        """
+        view = writable_view(buffer)
+        data = self.read_range(key, offset, len(view))
+        view[: len(data)] = data
+        return len(data)
+
     @abc.abstractmethod
     def size(self, key: str) -> int:
         """Object size in bytes."""
@@ -95,6 +108,27 @@ def check_range(offset: int, length: int) -> None:
     """Reject negative ranges before they reach a backend that would misread them."""
     if offset < 0 or length < 0:
         raise UsageError(f"invalid range offset={offset} length={length}: both must be >= 0")
+
+
+def writable_view(buffer: bytearray | memoryview) -> memoryview:
+    """``buffer`` as a flat byte view, rejecting read-only memory before any I/O happens."""
+    view = memoryview(buffer)
+    if view.readonly or not view.c_contiguous:
+        raise UsageError(
+            "reading into a buffer needs writable, contiguous memory: pass a bytearray or a slice of one"
+        )
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def preadv_full(fd: int, view: memoryview, offset: int) -> int:
+    """Read into ``view`` from ``offset`` of ``fd`` until it is full or the file ends."""
+    filled = 0
+    while filled < len(view):
+        count = os.preadv(fd, [view[filled:]], offset + filled)
+        if count == 0:
+            break
+        filled += count
+    return filled
 
 
 def crc32c_of_file(path: Path) -> int:

@@ -22,11 +22,17 @@ Guarantees:
   process see a whole chunk or none;
 * a chunk file whose length is not the expected one (torn by a crash, truncated by hand)
   is deleted and fetched again;
+* a chunk file truncated in place while open is noticed by its short read, and refetched;
 * concurrent requests for one chunk inside a process share one fetch from ``inner``;
-* writes and deletes go to ``inner`` and drop the cached files of the keys they touch.
+* writes and deletes go to ``inner`` and drop the cached files, sizes and open descriptors
+  of the keys they touch.
 
-Objects are assumed immutable once written (builds never change): a cache entry is never
-revalidated against ``inner``.
+Objects are assumed immutable once written (builds never change), and that is what makes
+the warm path cheap: a cache entry is never revalidated against ``inner``, an object's size
+is read once (from ``inner`` or ``size.txt``) and then kept in memory, and up to
+``max_open_files`` validated chunk files stay open, so a warm read is one ``preadv`` with no
+``open`` or ``stat``. An open chunk file whose name is replaced or deleted by another
+process (a refetch, ``clean-nfs-cache``) still reads the same immutable bytes.
 """
 
 from __future__ import annotations
@@ -36,12 +42,14 @@ import logging
 import os
 import shutil
 import threading
+import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ember.errors import StorageError
-from ember.storage.base import Storage, atomic_write, check_key, check_range
+from ember.storage.base import Storage, atomic_write, check_key, check_range, preadv_full, writable_view
+from ember.storage.open_files import DEFAULT_MAX_OPEN_FILES, OpenFile, OpenFiles
 
 MEMORY_CHUNK_SIZE = 4 << 20
 SIZE_FILE = "size.txt"
@@ -67,15 +75,21 @@ class CacheStats:
 
 
 class ChunkCache(Storage):
-    """``inner`` with ranged reads served from 4 MiB chunk files under ``root``."""
+    """``inner`` with ranged reads served from 4 MiB chunk files under ``root``.
 
-    def __init__(self, inner: Storage, root: Path) -> None:
+    Up to ``max_open_files`` chunk files stay open between reads, so a warm read costs one
+    ``preadv`` and no ``open``/``stat``; ``close`` (or garbage collection) closes them.
+    """
+
+    def __init__(self, inner: Storage, root: Path, *, max_open_files: int = DEFAULT_MAX_OPEN_FILES) -> None:
         self._inner = inner
         self._root = root.absolute()
         self._lock = threading.Lock()
-        self._inflight: dict[tuple[str, int], Future[bytes]] = {}
+        self._inflight: dict[tuple[str, int], Future[bytearray]] = {}
         self._sizes: dict[str, int] = {}
         self._counts = {field.name: 0 for field in fields(CacheStats)}
+        self._files = OpenFiles(max_open_files)
+        weakref.finalize(self, self._files.close)
 
     @property
     def url(self) -> str:
@@ -84,6 +98,10 @@ class ChunkCache(Storage):
     @property
     def root(self) -> Path:
         return self._root
+
+    def close(self) -> None:
+        """Close the chunk files kept open; the cache stays usable and reopens them on demand."""
+        self._files.close()
 
     def stats(self) -> CacheStats:
         with self._lock:
@@ -96,7 +114,7 @@ class ChunkCache(Storage):
     def _dir(self, key: str) -> Path:
         return self._root / check_key(key)
 
-    def _store(self, path: Path, data: bytes) -> None:
+    def _store(self, path: Path, data: bytes | bytearray) -> None:
         """Write a cache file; a failure only costs a refetch later, so it is logged, not raised."""
         try:
             atomic_write(path, lambda target: target.write(data), fsync=False)
@@ -106,11 +124,13 @@ class ChunkCache(Storage):
     def _invalidate(self, key: str) -> None:
         with self._lock:
             self._sizes.pop(key, None)
+        self._files.discard_object(key)
         shutil.rmtree(self._dir(key), ignore_errors=True)
 
     def size(self, key: str) -> int:
-        with self._lock:
-            known = self._sizes.get(key)
+        # Sizes only ever get added for a key until it is invalidated, and a dict lookup is
+        # atomic, so the hot path reads without the lock.
+        known = self._sizes.get(key)
         if known is not None:
             return known
         size_path = self._dir(key) / SIZE_FILE
@@ -127,43 +147,104 @@ class ChunkCache(Storage):
         check_range(offset, length)
         if length == 0:
             return b""
-        size_bytes = self.size(key)
-        end = min(offset + length, size_bytes)
-        if offset >= end:
+        count = min(length, self.size(key) - offset)
+        if count <= 0:
             return b""
-        pieces = []
-        for index in range(offset // MEMORY_CHUNK_SIZE, (end - 1) // MEMORY_CHUNK_SIZE + 1):
-            chunk_start = index * MEMORY_CHUNK_SIZE
-            low = max(offset, chunk_start) - chunk_start
-            high = min(end, chunk_start + MEMORY_CHUNK_SIZE) - chunk_start
-            pieces.append(self._chunk_slice(key, index, size_bytes, low, high))
-        return b"".join(pieces)
+        buffer = bytearray(count)
+        self._fill(key, offset, memoryview(buffer))
+        return bytes(buffer)
 
-    def _chunk_slice(self, key: str, index: int, size_bytes: int, low: int, high: int) -> bytes:
-        expected = min(MEMORY_CHUNK_SIZE, size_bytes - index * MEMORY_CHUNK_SIZE)
-        path = self._dir(key) / chunk_file_name(index)
-        cached = self._read_cached(path, expected, low, high)
-        if cached is not None:
-            return cached
-        return self._fetch_chunk(key, index, expected, path)[low:high]
+    def read_range_into(self, key: str, offset: int, buffer: bytearray | memoryview) -> int:
+        view = writable_view(buffer)
+        check_range(offset, len(view))
+        if not view:
+            return 0
+        count = min(len(view), self.size(key) - offset)
+        if count <= 0:
+            return 0
+        self._fill(key, offset, view if count == len(view) else view[:count])
+        return count
 
-    def _read_cached(self, path: Path, expected: int, low: int, high: int) -> bytes | None:
-        """Bytes ``[low, high)`` of a cached chunk, or ``None`` (after evicting it) if absent or torn."""
+    def _fill(self, key: str, offset: int, view: memoryview) -> None:
+        """Fill ``view`` (ending at or before the object's end) from ``offset``, chunk by chunk."""
+        position, end = offset, offset + len(view)
+        while position < end:
+            index = position // MEMORY_CHUNK_SIZE
+            low = position - index * MEMORY_CHUNK_SIZE
+            high = min(end, position - low + MEMORY_CHUNK_SIZE)
+            target = view if high - position == len(view) else view[position - offset : high - offset]
+            if not self._read_open(key, index, low, target):
+                expected = min(MEMORY_CHUNK_SIZE, self.size(key) - index * MEMORY_CHUNK_SIZE)
+                if not self._read_cached(key, index, expected, low, target):
+                    data = self._fetch_chunk(key, index, expected)
+                    target[:] = memoryview(data)[low : low + len(target)]
+            position = high
+
+    def _read_open(self, key: str, index: int, low: int, target: memoryview) -> bool:
+        """Fill ``target`` through the chunk's open descriptor: the warm path, no open or stat."""
+        entry = self._files.acquire((key, index))
+        if entry is None:
+            return False
         try:
-            with path.open("rb") as chunk:
-                if os.fstat(chunk.fileno()).st_size == expected:
-                    self._count("chunk_hits")
-                    return os.pread(chunk.fileno(), high - low, low)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            self._count("chunks_evicted")
-        except FileNotFoundError:
-            pass
+            filled = os.preadv(entry.fd, [target], low)
+        except OSError:
+            filled = -1  # handled like a torn file: reopened or refetched by the caller
+        finally:
+            self._files.release(entry)
+        if filled == len(target):
+            self._count("chunk_hits")
+            return True
+        # The file shrank after it was checked (truncated in place): drop it and refetch.
+        self._files.discard((key, index), entry)
+        self._evict(self._dir(key) / chunk_file_name(index))
+        return False
+
+    def _read_cached(self, key: str, index: int, expected: int, low: int, target: memoryview) -> bool:
+        """Fill ``target`` from byte ``low`` of the chunk file, opening it; False if absent or torn."""
+        entry = self._open_chunk(key, index, expected)
+        if entry is None:
+            return False
+        try:
+            filled = preadv_full(entry.fd, target, low)
         except OSError as exc:
-            _log.warning("chunk cache read of %s failed, refetching: %s", path, exc)
+            _log.warning("chunk cache read of %s chunk %d failed, refetching: %s", key, index, exc)
+            filled = -1
+        finally:
+            self._files.release(entry)
+        if filled == len(target):
+            self._count("chunk_hits")
+            return True
+        self._files.discard((key, index), entry)
+        self._evict(self._dir(key) / chunk_file_name(index))
+        return False
+
+    def _open_chunk(self, key: str, index: int, expected: int) -> OpenFile | None:
+        """The chunk file opened and held, if it exists whole; a torn one is deleted."""
+        path = self._dir(key) / chunk_file_name(index)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            _log.warning("chunk cache open of %s failed, refetching: %s", path, exc)
+            return None
+        try:
+            whole = os.fstat(fd).st_size == expected
+        except OSError as exc:
+            _log.warning("chunk cache stat of %s failed, refetching: %s", path, exc)
+            whole = False
+        if whole:
+            return self._files.add((key, index), fd)
+        os.close(fd)
+        self._evict(path)
         return None
 
-    def _fetch_chunk(self, key: str, index: int, expected: int, path: Path) -> bytes:
+    def _evict(self, path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self._count("chunks_evicted")
+
+    def _fetch_chunk(self, key: str, index: int, expected: int) -> bytearray:
         """The whole chunk, fetched from ``inner`` at most once per process at a time.
 
         Callers arriving while a fetch runs wait for it. The fetching thread first looks at
@@ -178,18 +259,16 @@ class ChunkCache(Storage):
         if not leader:
             return pending.result()
         try:
-            cached = self._read_cached(path, expected, 0, expected)
-            if cached is not None:
-                pending.set_result(cached)
-                return cached
-            data = self._inner.read_range(key, index * MEMORY_CHUNK_SIZE, expected)
-            if len(data) != expected:
-                raise StorageError(
-                    f"object {key!r} in {self.url} is shorter than the {SIZE_FILE} cached under "
-                    f"{self._root}; delete that cache directory and retry"
-                )
-            self._store(path, data)
-            self._count("chunks_fetched")
+            data = bytearray(expected)
+            view = memoryview(data)
+            if not self._read_cached(key, index, expected, 0, view):
+                if self._inner.read_range_into(key, index * MEMORY_CHUNK_SIZE, view) != expected:
+                    raise StorageError(
+                        f"object {key!r} in {self.url} is shorter than the {SIZE_FILE} cached under "
+                        f"{self._root}; delete that cache directory and retry"
+                    )
+                self._store(self._dir(key) / chunk_file_name(index), data)
+                self._count("chunks_fetched")
             pending.set_result(data)
             return data
         except BaseException as exc:

@@ -28,6 +28,8 @@ from ember.storage.base import (
     check_range,
     crc32c_of_file,
     is_temporary_name,
+    preadv_full,
+    writable_view,
 )
 
 
@@ -83,6 +85,20 @@ class LocalStorage(Storage):
                 return os.pread(source.fileno(), length, offset) if length else b""
         except OSError as exc:
             raise self._missing(key, exc) from exc
+
+    def read_range_into(self, key: str, offset: int, buffer: bytearray | memoryview) -> int:
+        view = writable_view(buffer)
+        check_range(offset, len(view))
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except OSError as exc:
+            raise self._missing(key, exc) from exc
+        try:
+            return preadv_full(fd, view, offset)
+        except OSError as exc:
+            raise self._missing(key, exc) from exc
+        finally:
+            os.close(fd)
 
     def size(self, key: str) -> int:
         try:

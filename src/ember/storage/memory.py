@@ -19,6 +19,7 @@ from ember.storage.base import (
     check_key,
     check_range,
     crc32c_of_bytes,
+    writable_view,
 )
 
 _registry_lock = threading.Lock()
@@ -72,6 +73,14 @@ class MemoryStorage(Storage):
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         check_range(offset, length)
         return self._object(key)[offset : offset + length]
+
+    def read_range_into(self, key: str, offset: int, buffer: bytearray | memoryview) -> int:
+        view = writable_view(buffer)
+        check_range(offset, len(view))
+        data = self._object(key)
+        count = max(0, min(len(view), len(data) - offset))
+        view[:count] = memoryview(data)[offset : offset + count]
+        return count
 
     def size(self, key: str) -> int:
         return len(self._object(key))

@@ -11,8 +11,8 @@ import pytest
 from build_chains import FRAGMENTED_LAYERS, Chain, make_chain
 
 from ember.build.reader import BuildFile
-from ember.errors import BuildError
-from ember.header import CompressionType
+from ember.errors import BuildError, UsageError
+from ember.header import NIL_UUID, CompressionType, Header, Mapping, MappingTable, Metadata
 from ember.storage import LocalStorage, MemoryStorage, Storage
 
 
@@ -144,6 +144,56 @@ def test_reads_crossing_mapping_boundaries_at_any_byte_offset_match_the_image(
         buffer = bytearray(length)
         filled = device.readinto(buffer, offset)
         assert buffer[:filled] == image[offset : offset + length]
+
+
+class IntoOnlyStorage(MemoryStorage):
+    """A store whose ranged reads must go straight into the caller's memory."""
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        raise AssertionError(f"read_range({key!r}, {offset}, {length}) made an intermediate copy")
+
+
+def test_readinto_fills_a_reused_buffer_straight_from_storage_and_zeroes_nil_spans(
+    fragmented_rootfs: Chain,
+) -> None:
+    storage = IntoOnlyStorage()
+    fragmented_rootfs.store(storage)
+    device = BuildFile.open(storage, fragmented_rootfs.top, "rootfs.ext4")
+    buffer = bytearray(b"\xff" * device.size)  # stale bytes where nil spans must read as zeros
+    assert device.readinto(buffer, 0) == device.size
+    assert buffer == fragmented_rootfs.image
+    assert device.read_at(0, device.size) == fragmented_rootfs.image
+
+
+def test_a_nil_span_larger_than_the_zero_page_pool_reads_as_zeros() -> None:
+    build = uuid.uuid4()
+    size = 9 << 20
+    header = Header(
+        Metadata.new_template(build, 4096, size), MappingTable.from_records([Mapping(0, size, NIL_UUID, 0)])
+    )
+    storage = CountingStorage(MemoryStorage())
+    device = BuildFile(storage, build, "rootfs.ext4", header)
+    buffer = bytearray(b"\xff" * size)
+    assert device.readinto(buffer, 0) == size
+    assert buffer == bytes(size)
+    assert storage.ranges == []
+
+
+def test_readinto_leaves_the_buffer_past_the_device_end_untouched(fragmented_rootfs: Chain) -> None:
+    storage = MemoryStorage()
+    fragmented_rootfs.store(storage)
+    device = BuildFile.open(storage, fragmented_rootfs.top, "rootfs.ext4")
+    buffer = bytearray(b"\xee" * 3 * 4096)
+    assert device.readinto(memoryview(buffer)[4096:], device.size - 1000) == 1000
+    assert buffer == b"\xee" * 4096 + fragmented_rootfs.image[-1000:] + b"\xee" * (2 * 4096 - 1000)
+
+
+def test_readinto_a_read_only_buffer_is_a_usage_error(fragmented_rootfs: Chain) -> None:
+    storage = MemoryStorage()
+    fragmented_rootfs.store(storage)
+    device = BuildFile.open(storage, fragmented_rootfs.top, "rootfs.ext4")
+    with pytest.raises(UsageError, match="writable"):
+        device.readinto(memoryview(bytes(4096)), 0)
 
 
 def test_read_past_the_device_end_is_short(fragmented_rootfs: Chain) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -34,6 +35,11 @@ class CountingStorage(MemoryStorage):
         self.release.wait()
         self.range_reads[(key, offset)] += 1
         return super().read_range(key, offset, length)
+
+    def read_range_into(self, key: str, offset: int, buffer: bytearray | memoryview) -> int:
+        self.release.wait()
+        self.range_reads[(key, offset)] += 1
+        return super().read_range_into(key, offset, buffer)
 
     def get(self, key: str) -> bytes:
         self.gets += 1
@@ -98,6 +104,24 @@ def test_reads_match_the_object_cold_and_warm(
     assert cache.read_range(KEY, offset, length) == expected
 
 
+@pytest.mark.parametrize(
+    ("offset", "length"),
+    [(0, 1), (CHUNK - 7, CHUNK + 14), (0, SIZE), (SIZE - 3, 10), (SIZE, 1), (5, 0)],
+)
+def test_read_range_into_fills_only_its_slice_cold_and_warm(
+    tmp_path: Path, data: bytes, offset: int, length: int
+) -> None:
+    inner = CountingStorage()
+    inner.put(KEY, data)
+    cache = ChunkCache(inner, tmp_path / "cache")
+    expected = data[offset : offset + length]
+    for _ in range(2):
+        buffer = bytearray(b"\xee" * (length + 20))
+        assert cache.read_range_into(KEY, offset, memoryview(buffer)[10 : 10 + length]) == len(expected)
+        assert buffer == b"\xee" * 10 + expected + b"\xee" * (length - len(expected) + 10)
+    cache.close()
+
+
 def test_counters_tell_fetches_from_hits(cache: ChunkCache, inner: CountingStorage) -> None:
     cache.read_range(KEY, 0, 100)
     assert (cache.stats().chunks_fetched, cache.stats().chunk_hits) == (1, 0)
@@ -144,7 +168,12 @@ def test_threads_reading_one_chunk_share_one_fetch(
         assert got == data[offset : offset + 5000]
 
 
-def test_threads_reading_everywhere_see_correct_bytes(cache: ChunkCache, data: bytes) -> None:
+@pytest.mark.parametrize("max_open_files", [1, 128])
+def test_threads_reading_everywhere_see_correct_bytes(
+    inner: CountingStorage, tmp_path: Path, data: bytes, max_open_files: int
+) -> None:
+    # With one open file allowed, every read evicts a descriptor other threads may be using.
+    cache = ChunkCache(inner, tmp_path / "cache", max_open_files=max_open_files)
     failures: list[int] = []
 
     def read(worker: int) -> None:
@@ -160,6 +189,7 @@ def test_threads_reading_everywhere_see_correct_bytes(cache: ChunkCache, data: b
         thread.join()
     assert failures == []
     assert cache.stats().chunks_fetched == 3
+    cache.close()
 
 
 _CHILD = """
@@ -208,3 +238,59 @@ def test_get_to_file_serves_a_cached_blob(cache: ChunkCache, inner: CountingStor
     cache.get_to_file(f"{BUILD}/memfile.header", tmp_path / "out" / "header")
     assert (tmp_path / "out" / "header").read_bytes() == b"header bytes"
     assert inner.gets == 1
+
+
+def _open_descriptors_of(directory: Path) -> int:
+    """How many descriptors of this process point at files under ``directory``."""
+    count = 0
+    for link in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if Path(os.readlink(link)).is_relative_to(directory):
+                count += 1
+    return count
+
+
+def test_warm_reads_keep_chunk_files_open_and_close_releases_them(cache: ChunkCache, data: bytes) -> None:
+    for offset in (0, CHUNK, 5, CHUNK + 5, 20):  # fetches write chunks 0 and 1; warm reads open them
+        cache.read_range(KEY, offset, 10)
+    assert _open_descriptors_of(cache.root) == 2
+    cache.close()
+    assert _open_descriptors_of(cache.root) == 0
+    assert cache.read_range(KEY, 20, 10) == data[20:30]
+
+
+def test_open_chunk_files_are_bounded_and_the_least_recent_is_closed(
+    inner: CountingStorage, tmp_path: Path, data: bytes
+) -> None:
+    cache = ChunkCache(inner, tmp_path / "cache", max_open_files=2)
+    for index in range(3):
+        cache.read_range(KEY, index * CHUNK, 10)
+        cache.read_range(KEY, index * CHUNK + 10, 10)
+    assert _open_descriptors_of(cache.root) == 2
+    cache.close()
+
+
+def test_an_open_chunk_keeps_serving_after_its_file_is_cleaned(cache: ChunkCache, data: bytes) -> None:
+    cache.read_range(KEY, 0, 10)
+    cache.read_range(KEY, 10, 10)  # opens the chunk file written by the fetch
+    (cache.root / BUILD / "memfile" / "000000000000-4194304.bin").unlink()  # as clean-nfs-cache does
+    assert cache.read_range(KEY, 100, 50) == data[100:150]
+    assert cache.stats().chunks_fetched == 1
+
+
+def test_a_known_object_size_is_not_read_again(cache: ChunkCache, data: bytes) -> None:
+    cache.read_range(KEY, 0, 10)
+    (cache.root / BUILD / "memfile" / "size.txt").write_text("7")
+    assert cache.size(KEY) == SIZE
+    assert cache.read_range(KEY, SIZE - 20, 100) == data[-20:]
+
+
+def test_a_chunk_truncated_in_place_while_open_is_refetched(cache: ChunkCache, data: bytes) -> None:
+    cache.read_range(KEY, 0, 1)
+    cache.read_range(KEY, 1, 1)  # the chunk file is now open
+    chunk_path = cache.root / BUILD / "memfile" / "000000000000-4194304.bin"
+    with chunk_path.open("r+b") as chunk:
+        chunk.truncate(1000)
+    assert cache.read_range(KEY, 2000, 3000) == data[2000:5000]
+    assert (cache.stats().chunks_evicted, cache.stats().chunks_fetched) == (1, 2)
+    assert chunk_path.read_bytes() == data[:CHUNK]

@@ -1,0 +1,140 @@
+"""A build's root filesystem as a private, writable disk: overlay, NBD server, and host mounts.
+
+A sandbox never writes into a build. Its disk is an ``Overlay`` whose base reads the build
+through the header chain and whose writes land in a copy-on-write cache file; the disk is
+served over NBD (QEMU connects to the URL; on the host it is attached as a block device).
+When the sandbox pauses, the overlay becomes the next build's rootfs diff; otherwise the
+cache is deleted and every write is gone.
+
+Everything this module starts is undone by ``close``/``__exit__`` in reverse order, also
+after a failure part way, so a Ctrl+C never leaves a server, loop device or mount behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from ember.block import BaseDevice, CowCache, Overlay, ZeroDevice, empty_device_header, export_rootfs_build
+from ember.build.metadata import TemplateMetadata
+from ember.errors import EmberError, UsageError
+from ember.header import ROOTFS_BLOCK_SIZE, Header
+from ember.nbd import AttachedDevice, NbdServerThread, attach_export
+from ember.storage import Storage
+
+_log = logging.getLogger(__name__)
+
+
+class ServedRootfs:
+    """An overlay over ``base`` served on a unix socket in ``work_dir``; a context manager."""
+
+    def __init__(self, base: BaseDevice, work_dir: Path, name: str, block_size: int) -> None:
+        self._stack = contextlib.ExitStack()
+        try:
+            self.cache = CowCache.create(work_dir, name, base.size, block_size)
+            self.overlay = self._stack.enter_context(Overlay(base, self.cache))
+            # unix socket paths are capped at 108 bytes, so the socket gets a short name of its own.
+            socket_path = work_dir / f"nbd-{secrets.token_hex(4)}.sock"
+            self.server = self._stack.enter_context(NbdServerThread(self.overlay, unix_path=socket_path))
+        except BaseException:
+            self._stack.close()
+            raise
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def attach(self, work_dir: Path) -> AttachedDevice:
+        """Attach the export as a host block device (detached again by ``close``)."""
+        return self._stack.enter_context(attach_export(self.server, work_dir=work_dir))
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> ServedRootfs:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What a filesystem check found; ``output`` is the tool's own report for the user."""
+
+    ok: bool
+    output: str
+
+
+def _run(argv: list[str], package: str) -> subprocess.CompletedProcess[str]:
+    if shutil.which(argv[0]) is None:
+        raise EmberError(f"{argv[0]} is not installed: install the Debian package {package}")
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+
+def check_ext4(device: Path) -> CheckResult:
+    """``e2fsck -nfv``: a forced, read-only check (exit 0 means clean)."""
+    result = _run(["e2fsck", "-nfv", str(device)], "e2fsprogs")
+    return CheckResult(result.returncode == 0, (result.stdout + result.stderr).strip())
+
+
+def verify_journals(mount_dir: Path) -> list[tuple[Path, CheckResult]]:
+    """``journalctl --verify`` on each systemd journal directory under the mounted root."""
+    results = []
+    for directory in sorted((mount_dir / "var" / "log" / "journal").glob("*")):
+        if directory.is_dir():
+            result = _run(["journalctl", "--verify", "--directory", str(directory)], "systemd")
+            results.append(
+                (directory, CheckResult(result.returncode == 0, (result.stdout + result.stderr).strip()))
+            )
+    return results
+
+
+@contextlib.contextmanager
+def mounted(device: Path, mount_dir: Path) -> Iterator[Path]:
+    """Mount ``device`` at ``mount_dir`` for the duration of the block; unmount on the way out."""
+    if os.geteuid() != 0:
+        raise UsageError("mounting needs root: run the command with sudo")
+    result = _run(["mount", str(device), str(mount_dir)], "mount")
+    if result.returncode != 0:
+        raise EmberError(f"cannot mount {device} at {mount_dir}: {result.stderr.strip()}")
+    try:
+        yield mount_dir
+    finally:
+        unmounted = _run(["umount", str(mount_dir)], "mount")
+        if unmounted.returncode != 0:
+            _log.warning("umount %s failed (%s); retrying lazily", mount_dir, unmounted.stderr.strip())
+            _run(["umount", "-l", str(mount_dir)], "mount")
+
+
+IMAGE_COPY_CHUNK = 4 << 20
+
+
+def store_image_build(
+    image: Path, storage: Storage, build_id: uuid.UUID, metadata: TemplateMetadata, scratch_dir: Path
+) -> Header:
+    """Store a root filesystem image as the first layer of a new build chain (generation 1).
+
+    Every non-zero block becomes the build's own data and every zero block an empty
+    mapping, as a template's base layer is stored; the image itself is only read.
+    """
+    size = image.stat().st_size
+    if size % ROOTFS_BLOCK_SIZE:
+        raise UsageError(f"{image} is {size} bytes, not a multiple of {ROOTFS_BLOCK_SIZE}: resize the image")
+    with Overlay(ZeroDevice(size), CowCache.create(scratch_dir, f"{build_id}-image", size)) as overlay:
+        with image.open("rb") as source:
+            for offset in range(0, size, IMAGE_COPY_CHUNK):
+                overlay.write_at(source.read(IMAGE_COPY_CHUNK), offset)
+        parent = empty_device_header(build_id, size, ROOTFS_BLOCK_SIZE)
+        return export_rootfs_build(overlay, parent, storage, build_id, metadata, scratch_dir)

@@ -1,0 +1,251 @@
+"""One QEMU process running one guest: spawn, console, pause, snapshot, restore, stop.
+
+Files in the VM's run directory (created by the caller, one directory per VM)::
+
+    console.log     the guest's serial port (QEMU truncates it at spawn)
+    qmp.sock        QMP control socket
+    qemu.stderr     QEMU's own complaints, quoted in errors when it exits early
+
+Snapshot and restore follow the feasibility study (section 4): guest RAM lives in a
+``memory-backend-file``; ``x-ignore-shared`` leaves that RAM out of the migration stream,
+which is then written by ``migrate exec:cat > <state file>`` (QEMU 7.2 has no ``file:``
+URI). A restore is a new QEMU with the same machine config plus ``-incoming defer``,
+fed ``exec:cat <state file>``; it continues the guest exactly where it was paused.
+
+Guarantee: every spawned QEMU is reaped. ``stop()`` asks QMP ``quit``, then SIGKILLs after
+``timeout_s``, and always ``wait()``s; ``with QemuVm(...)`` calls it on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from ember.errors import EmberError, VmError
+from ember.vmm.base import VmSnapshot, VmState, require_state
+from ember.vmm.qemu.config import Accel, MachineConfig, choose_accel, qemu_argv
+from ember.vmm.qemu.qmp import QmpClient
+
+CONSOLE_FILE = "console.log"
+QMP_SOCKET = "qmp.sock"
+STDERR_FILE = "qemu.stderr"
+_QMP_CONNECT_TIMEOUT_S = 10.0
+_MIGRATION_TIMEOUT_S = 60.0
+_POLL_INTERVAL_S = 0.02
+
+
+class QemuVm:
+    """A QEMU guest; see ``ember.vmm.base.Vm`` for the state machine it follows."""
+
+    def __init__(self, config: MachineConfig, run_dir: Path, *, accel: Accel | None = None) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.accel = accel if accel is not None else choose_accel().accel
+        self._state = VmState.CREATED
+        self._process: subprocess.Popen[bytes] | None = None
+        self._qmp: QmpClient | None = None
+
+    @classmethod
+    def restore(
+        cls, config: MachineConfig, snapshot: VmSnapshot, run_dir: Path, *, accel: Accel | None = None
+    ) -> QemuVm:
+        """A new QEMU continuing the guest saved in ``snapshot`` (-> RUNNING).
+
+        ``config`` must be the config the snapshot was taken with, except that its memory
+        file may be a copy of ``snapshot.memory_path`` or mapped ``shared=False``.
+        """
+        if config.memory_file is None:
+            raise VmError(
+                "cannot restore a QEMU snapshot without a memory file: set MachineConfig.memory_file"
+            )
+        vm = cls(config, run_dir, accel=accel)
+        vm._spawn(incoming=True)
+        qmp = vm._require_qmp()
+        try:
+            qmp.execute("migrate-set-capabilities", {"capabilities": [_IGNORE_SHARED]})
+            qmp.execute("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(snapshot.state_path))}"})
+            vm._wait_migration("restore")
+            qmp.execute("cont")
+        except BaseException:
+            vm.stop()
+            raise
+        vm._state = VmState.RUNNING
+        return vm
+
+    @property
+    def state(self) -> VmState:
+        if (
+            self._state is not VmState.STOPPED
+            and self._process is not None
+            and self._process.poll() is not None
+        ):
+            self._finish()
+        return self._state
+
+    @property
+    def console_path(self) -> Path:
+        return self.run_dir / CONSOLE_FILE
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def boot(self) -> None:
+        require_state(self.config.name, self.state, "boot", VmState.CREATED)
+        self._spawn(incoming=False)
+        self._state = VmState.RUNNING
+
+    def wait_for_console(self, marker: str, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for line in self._console_text().splitlines():
+                if marker in line:
+                    return line
+            if self._process is None or self._process.poll() is not None:
+                raise VmError(f"QEMU exited before the guest printed {marker!r}; {self._diagnosis()}")
+            if time.monotonic() >= deadline:
+                raise VmError(
+                    f"the guest did not print {marker!r} within {timeout_s:.0f} s; {self._diagnosis()}"
+                )
+            time.sleep(_POLL_INTERVAL_S * 5)
+
+    def wait_exit(self, timeout_s: float) -> int:
+        if self._process is None:
+            raise VmError(f"cannot wait for VM {self.config.name}: it was never booted")
+        try:
+            status = self._process.wait(timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            raise VmError(
+                f"the guest did not power off within {timeout_s:.0f} s; {self._diagnosis()}; call stop()"
+            ) from exc
+        self._finish()
+        return status
+
+    def pause(self) -> None:
+        require_state(self.config.name, self.state, "pause", VmState.RUNNING)
+        self._require_qmp().execute("stop")
+        self._state = VmState.PAUSED
+
+    def resume(self) -> None:
+        require_state(self.config.name, self.state, "resume", VmState.PAUSED)
+        self._require_qmp().execute("cont")
+        self._state = VmState.RUNNING
+
+    def snapshot(self, state_path: Path) -> VmSnapshot:
+        require_state(self.config.name, self.state, "snapshot", VmState.PAUSED)
+        memory = self.config.memory_file
+        if memory is None or not memory.shared:
+            raise VmError(
+                "cannot snapshot: guest RAM is not in a shared memory file; boot with "
+                "MachineConfig.memory_file=MemoryFileConfig(path, shared=True)"
+            )
+        qmp = self._require_qmp()
+        qmp.execute("migrate-set-capabilities", {"capabilities": [_IGNORE_SHARED]})
+        qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(state_path))}"})
+        self._wait_migration("snapshot")
+        return VmSnapshot(
+            state_path=state_path, memory_path=memory.path, memory_bytes=self.config.memory_bytes
+        )
+
+    def stop(self, timeout_s: float = 5.0) -> int:
+        process = self._process
+        if process is None:
+            self._state = VmState.STOPPED
+            return 0
+        if process.poll() is None and self._qmp is not None:
+            # QEMU may close the socket before replying, or be gone already: the wait decides.
+            with contextlib.suppress(EmberError):
+                self._qmp.execute("quit", timeout_s=timeout_s)
+        try:
+            status = process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            status = process.wait()
+        self._finish()
+        return status
+
+    def __enter__(self) -> QemuVm:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _spawn(self, *, incoming: bool) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        qmp_path = self.run_dir / QMP_SOCKET
+        qmp_path.unlink(missing_ok=True)
+        argv = qemu_argv(
+            self.config,
+            accel=self.accel,
+            console_path=self.console_path,
+            qmp_path=qmp_path,
+            incoming=incoming,
+        )
+        try:
+            with (self.run_dir / STDERR_FILE).open("wb") as stderr:
+                self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
+        except OSError as exc:
+            raise VmError(
+                f"cannot start {argv[0]}: {exc}; install qemu-system-x86 (scripts/setup.sh)"
+            ) from exc
+        process = self._process
+        try:
+            self._qmp = QmpClient.connect(
+                qmp_path, _QMP_CONNECT_TIMEOUT_S, alive=lambda: process.poll() is None
+            )
+        except EmberError as exc:
+            self.stop()
+            raise VmError(f"QEMU did not come up: {exc}; {self._diagnosis()}") from exc
+
+    def _wait_migration(self, action: str) -> None:
+        qmp = self._require_qmp()
+        deadline = time.monotonic() + _MIGRATION_TIMEOUT_S
+        while True:
+            info = qmp.execute("query-migrate")
+            status = info.get("status") if isinstance(info, dict) else None
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise VmError(
+                    f"QEMU {action} failed: {info.get('error-desc', status)}; {self._diagnosis()}"
+                )
+            if time.monotonic() >= deadline:
+                raise VmError(f"QEMU {action} did not complete within {_MIGRATION_TIMEOUT_S:.0f} s")
+            time.sleep(_POLL_INTERVAL_S)
+
+    def _require_qmp(self) -> QmpClient:
+        if self._qmp is None:
+            raise VmError(f"VM {self.config.name} has no QMP connection: boot it first")
+        return self._qmp
+
+    def _finish(self) -> None:
+        if self._qmp is not None:
+            self._qmp.close()
+            self._qmp = None
+        self._state = VmState.STOPPED
+
+    def _console_text(self) -> str:
+        try:
+            return self.console_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _diagnosis(self) -> str:
+        console = self._console_text().strip().splitlines()[-5:]
+        try:
+            stderr = (self.run_dir / STDERR_FILE).read_text(errors="replace").strip().splitlines()[-3:]
+        except FileNotFoundError:
+            stderr = []
+        parts = [f"console {self.console_path}: " + (" | ".join(console) if console else "(empty)")]
+        if stderr:
+            parts.append("qemu: " + " | ".join(stderr))
+        return "; ".join(parts)
+
+
+_IGNORE_SHARED = {"capability": "x-ignore-shared", "state": True}
