@@ -30,7 +30,9 @@ def host_arch() -> str:
     try:
         return _GO_ARCH[machine]
     except KeyError:
-        raise UsageError(f"unsupported host architecture {machine!r}: ember runs on amd64 and arm64") from None
+        raise UsageError(
+            f"unsupported host architecture {machine!r}: ember runs on amd64 and arm64"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,9 @@ class Environment:
 
         arch = env.get("TARGET_ARCH") or host_arch()
         if arch not in SUPPORTED_ARCHES:
-            raise UsageError(f"TARGET_ARCH={arch!r} is not supported: use one of {', '.join(SUPPORTED_ARCHES)}")
+            raise UsageError(
+                f"TARGET_ARCH={arch!r} is not supported: use one of {', '.join(SUPPORTED_ARCHES)}"
+            )
         return cls(
             target_arch=arch,
             host_envd_path=Path(env.get("HOST_ENVD_PATH") or "../envd/bin/envd"),
