@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ember.block import CowCache, Overlay, empty_device_header, export_diff
+from ember.block import CowCache, Overlay, export_diff
+from ember.header import empty_device_header
 
 BLOCK = 4096
 IO_BYTES = 4 << 20

@@ -6,7 +6,7 @@ which blocks it owns, ``CowCache`` holds their bytes, and ``export_diff`` /
 """
 
 from ember.block.cache import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, CowCache
-from ember.block.export import dirty_runs, empty_device_header, export_diff, export_rootfs_build
+from ember.block.export import dirty_runs, export_diff, export_rootfs_build
 from ember.block.overlay import STRIPE_BLOCKS, STRIPE_LOCKS, BaseDevice, Overlay, ZeroDevice
 from ember.block.tracker import BlockState, BlockTracker, state_runs
 
@@ -22,7 +22,6 @@ __all__ = [
     "Overlay",
     "ZeroDevice",
     "dirty_runs",
-    "empty_device_header",
     "export_diff",
     "export_rootfs_build",
     "state_runs",

@@ -38,7 +38,7 @@ from ember.block.overlay import Overlay
 from ember.build.metadata import TemplateMetadata
 from ember.build.upload import BuildArtifacts, upload_build
 from ember.errors import BuildError, StorageError
-from ember.header import NIL_UUID, Header, Mapping, MappingTable, Metadata
+from ember.header import Header
 from ember.storage import ROOTFS, Storage
 
 _NO_KERNEL_COPY: Final = frozenset({errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
@@ -47,12 +47,6 @@ KERNEL_COPY_MIN_BYTES: Final = 1 << 20
 """Dirty runs at least this long are copied with copy_file_range; shorter ones are staged."""
 STAGE_BYTES: Final = 8 << 20
 """Bytes of short runs collected before one write to the diff file."""
-
-
-def empty_device_header(build_id: uuid.UUID, size_bytes: int, block_size: int) -> Header:
-    """The parent of a template's first layer: generation 0, every byte nil (zeros, never read)."""
-    metadata = Metadata.new_template(build_id, block_size, size_bytes)
-    return Header(metadata, MappingTable.from_records([Mapping(0, size_bytes, NIL_UUID, 0)]))
 
 
 def dirty_runs(dirty: npt.NDArray[np.uint64]) -> list[tuple[int, int]]:
@@ -72,8 +66,9 @@ class _DiffWriter:
     Runs of at least ``KERNEL_COPY_MIN_BYTES`` go through ``copy_file_range`` (in the kernel,
     a reflink where the file system shares extents). Shorter runs, the scattered blocks a
     guest leaves, are read one ``preadv`` each into a staging buffer that is written out in
-    one ``pwrite`` when full: half the system calls, and cheaper ones, than a
-    ``copy_file_range`` per run. Where the kernel refuses to copy, long runs are staged too.
+    one ``pwrite`` when full: per 8 KiB run from the page cache a ``preadv`` took ~2 µs where
+    a ``copy_file_range``, which sets up a splice each time, took ~6.5 µs. Where the kernel
+    refuses to copy, long runs are staged too.
     """
 
     def __init__(self, cache: CowCache, target_fd: int, target_name: Path) -> None:
@@ -220,7 +215,7 @@ def export_rootfs_build(
     """Store the overlay as a new filesystem-only build (rootfs diff, header, metadata.json last).
 
     ``parent_header`` is the stored rootfs header of the build the overlay's base reads (for a
-    first layer, ``empty_device_header``). ``metadata`` must name ``new_build_id``; it is stored
+    first layer, ``ember.header.empty_device_header``). ``metadata`` must name ``new_build_id``; it is stored
     with ``filesystem_only`` set. The diff file lives in a temporary directory under
     ``scratch_dir`` until uploaded. Returns the header as stored.
     """

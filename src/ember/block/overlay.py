@@ -234,7 +234,7 @@ class Overlay:
 
     @contextlib.contextmanager
     def paused_writes(self) -> Iterator[None]:
-        """Hold out every writer (reads continue) for as long as the block runs."""
+        """Hold out every writer (reads continue) for the duration of the ``with`` block."""
         with self._holding(list(range(STRIPE_LOCKS))):
             yield
 
@@ -249,6 +249,9 @@ class Overlay:
         self.cache.sync()
 
     def close(self) -> None:
-        """Delete the cache; the base device stays open (its owner closes it). Idempotent."""
-        self._closed = True
-        self.cache.close()
+        """Delete the cache once in-flight writes finish; the base device stays open (its owner
+        closes it). Readers must have stopped: the server in front closes the overlay last.
+        Calling it again does nothing."""
+        with self.paused_writes():
+            self._closed = True
+            self.cache.close()

@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from ember.build.metadata import TemplateInfo, TemplateMetadata
 from ember.build.upload import BuildArtifacts, upload_build
-from ember.header import NIL_UUID, DiffMetadata, Header, Mapping, MappingTable, Metadata
+from ember.header import DiffMetadata, Header, empty_device_header
 from ember.storage import Storage
 
 SAMPLE_KERNEL = "vmlinux-6.1.158"
@@ -31,6 +31,9 @@ SAMPLE_FIRECRACKER = "v1.14.1_431f1fc"
 class SampleDevice:
     size_bytes: int
     block_size: int
+
+    def empty(self, build_id: uuid.UUID) -> Header:
+        return empty_device_header(build_id, self.size_bytes, self.block_size)
 
 
 SAMPLE_MEMFILE = SampleDevice(256 << 20, 2 << 20)
@@ -64,11 +67,6 @@ def layer_blocks(generation: int, blocks: int) -> tuple[npt.NDArray[np.uint64], 
     return np.flatnonzero(dirty).astype(np.uint64), np.flatnonzero(empty).astype(np.uint64)
 
 
-def _empty_device(build_id: uuid.UUID, device: SampleDevice) -> Header:
-    metadata = Metadata.new_template(build_id, device.block_size, device.size_bytes)
-    return Header(metadata, MappingTable.from_records([Mapping(0, device.size_bytes, NIL_UUID, 0)]))
-
-
 def _write_layer(
     directory: Path, name: str, generation: int, device: SampleDevice, parent: Header, build_id: uuid.UUID
 ) -> tuple[Header, Path]:
@@ -93,7 +91,8 @@ def write_sample_chain(storage: Storage, build_ids: Sequence[uuid.UUID]) -> None
                 "memfile",
                 generation,
                 SAMPLE_MEMFILE,
-                memfile or _empty_device(build_id, SAMPLE_MEMFILE),
+                memfile
+                or empty_device_header(build_id, SAMPLE_MEMFILE.size_bytes, SAMPLE_MEMFILE.block_size),
                 build_id,
             )
             rootfs, rootfs_data = _write_layer(
@@ -101,7 +100,7 @@ def write_sample_chain(storage: Storage, build_ids: Sequence[uuid.UUID]) -> None
                 "rootfs.ext4",
                 generation,
                 SAMPLE_ROOTFS,
-                rootfs or _empty_device(build_id, SAMPLE_ROOTFS),
+                rootfs or SAMPLE_ROOTFS.empty(build_id),
                 build_id,
             )
             snapfile = layer_dir / "snapfile"

@@ -10,7 +10,7 @@ from ember.header.algebra import (
 from ember.header.codec import deserialize_header, serialize_header
 from ember.header.diff import DiffMetadata
 from ember.header.frames import BuildData, CompressionType, Frame, FrameTable
-from ember.header.header import Header
+from ember.header.header import Header, empty_device_header
 from ember.header.layout import RECORD_BYTES
 from ember.header.model import (
     HUGEPAGE_SIZE,
@@ -43,6 +43,7 @@ __all__ = [
     "Metadata",
     "Resolved",
     "deserialize_header",
+    "empty_device_header",
     "format_mapping",
     "identity_mapping_from_bitmap",
     "mapping_from_bitmap",

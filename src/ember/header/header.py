@@ -16,7 +16,15 @@ import numpy.typing as npt
 
 from ember.errors import MappingError
 from ember.header.frames import BuildData
-from ember.header.model import LEGACY_METADATA_VERSION, PAGE_SIZE, STRICT_VERSION, Metadata, Resolved
+from ember.header.model import (
+    LEGACY_METADATA_VERSION,
+    NIL_UUID,
+    PAGE_SIZE,
+    STRICT_VERSION,
+    Mapping,
+    Metadata,
+    Resolved,
+)
 from ember.header.table import U32, U64, MappingTable
 
 _log = logging.getLogger(__name__)
@@ -144,3 +152,12 @@ class Header:
             self._complain(f"offset {int(query[beyond[0]])} is beyond the end of its mapping")
         remaining = np.where(shift >= lengths, np.uint64(0), lengths - shift)
         return table.build_index[row], table.storage_offsets[row] + shift, remaining
+
+
+def empty_device_header(build_id: uuid.UUID, size_bytes: int, block_size: int) -> Header:
+    """The parent of a template's first layer: generation 0, every byte nil (zeros, never read).
+
+    Pass the first layer's own build id: it becomes the base build id of the whole chain.
+    """
+    metadata = Metadata.new_template(build_id, block_size, size_bytes)
+    return Header(metadata, MappingTable.from_records([Mapping(0, size_bytes, NIL_UUID, 0)]))

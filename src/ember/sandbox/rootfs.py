@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from ember.block import BaseDevice, CowCache, Overlay, ZeroDevice, empty_device_header, export_rootfs_build
+from ember.block import BaseDevice, CowCache, Overlay, ZeroDevice, export_rootfs_build
 from ember.build.metadata import TemplateMetadata
 from ember.errors import EmberError, UsageError
-from ember.header import ROOTFS_BLOCK_SIZE, Header
+from ember.header import ROOTFS_BLOCK_SIZE, Header, empty_device_header
 from ember.nbd import AttachedDevice, NbdServerThread, attach_export
 from ember.storage import Storage
 

@@ -170,11 +170,12 @@ class ChunkCache(Storage):
         position, end = offset, offset + len(view)
         while position < end:
             index = position // MEMORY_CHUNK_SIZE
-            low = position - index * MEMORY_CHUNK_SIZE
-            high = min(end, position - low + MEMORY_CHUNK_SIZE)
+            chunk_start = index * MEMORY_CHUNK_SIZE
+            low = position - chunk_start
+            high = min(end, chunk_start + MEMORY_CHUNK_SIZE)
             target = view if high - position == len(view) else view[position - offset : high - offset]
             if not self._read_open(key, index, low, target):
-                expected = min(MEMORY_CHUNK_SIZE, self.size(key) - index * MEMORY_CHUNK_SIZE)
+                expected = min(MEMORY_CHUNK_SIZE, self.size(key) - chunk_start)
                 if not self._read_cached(key, index, expected, low, target):
                     data = self._fetch_chunk(key, index, expected)
                     target[:] = memoryview(data)[low : low + len(target)]
@@ -187,14 +188,15 @@ class ChunkCache(Storage):
             return False
         try:
             filled = os.preadv(entry.fd, [target], low)
-        except OSError:
-            filled = -1  # handled like a torn file: reopened or refetched by the caller
+        except OSError as exc:
+            _log.warning("chunk cache read of %s chunk %d failed, refetching: %s", key, index, exc)
+            filled = -1
         finally:
             self._files.release(entry)
         if filled == len(target):
             self._count("chunk_hits")
             return True
-        # The file shrank after it was checked (truncated in place): drop it and refetch.
+        # The file shrank after it was checked (truncated in place) or failed: drop it and refetch.
         self._files.discard((key, index), entry)
         self._evict(self._dir(key) / chunk_file_name(index))
         return False

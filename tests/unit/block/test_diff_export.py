@@ -19,14 +19,13 @@ from ember.block import (
     Overlay,
     ZeroDevice,
     dirty_runs,
-    empty_device_header,
     export_diff,
     export_rootfs_build,
 )
 from ember.build.metadata import TemplateInfo, TemplateMetadata, parse_metadata
 from ember.build.reader import BuildFile
 from ember.errors import BuildError, StorageError
-from ember.header import NIL_UUID, Header, Mapping, MappingTable, Metadata
+from ember.header import NIL_UUID, Header, Mapping, MappingTable, Metadata, empty_device_header
 from ember.storage import ROOTFS, BuildPaths, LocalStorage
 
 BLOCKS = 16

@@ -212,9 +212,7 @@ class QemuVm:
             if status == "completed":
                 return
             if status in ("failed", "cancelled"):
-                raise VmError(
-                    f"QEMU {action} failed: {info.get('error-desc', status)}; {self._diagnosis()}"
-                )
+                raise VmError(f"QEMU {action} failed: {info.get('error-desc', status)}; {self._diagnosis()}")
             if time.monotonic() >= deadline:
                 raise VmError(f"QEMU {action} did not complete within {_MIGRATION_TIMEOUT_S:.0f} s")
             time.sleep(_POLL_INTERVAL_S)
