@@ -34,11 +34,14 @@ ChunkName = tuple[str, int]
 
 
 class OpenFiles:
-    """At most ``max_open`` descriptors by chunk name, least recently used evicted first."""
+    """Up to ``max_open`` descriptors by chunk name, least recently used evicted first.
+
+    An evicted descriptor that a reader still holds stays open until that reader releases it.
+    """
 
     def __init__(self, max_open: int = DEFAULT_MAX_OPEN_FILES) -> None:
         if max_open < 1:
-            raise UsageError(f"max_open must be >= 1, got {max_open}: the cache needs room for one file")
+            raise UsageError(f"max_open_files must be >= 1, got {max_open}: keep at least one file open")
         self._max_open = max_open
         self._lock = threading.Lock()
         self._entries: OrderedDict[ChunkName, OpenFile] = OrderedDict()

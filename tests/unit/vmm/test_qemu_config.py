@@ -2,7 +2,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ember.vmm.qemu import Accel, DriveConfig, MachineConfig, MemoryFileConfig, choose_accel, qemu_argv
+from ember.vmm.qemu import (
+    Accel,
+    DriveConfig,
+    MachineConfig,
+    MemoryFileConfig,
+    NicConfig,
+    choose_accel,
+    qemu_argv,
+)
 
 KERNEL = Path("/cache/kernels/vmlinux-6.1/amd64/vmlinuz")
 INITRD = Path("/cache/initramfs/abc.cpio.gz")
@@ -95,3 +103,20 @@ def test_usable_kvm_without_pvm_is_chosen(tmp_path: Path) -> None:
     dev_kvm.touch()
     (tmp_path / "module" / "kvm_intel").mkdir(parents=True)
     assert choose_accel(dev_kvm, tmp_path / "module").accel is Accel.KVM
+
+
+def test_tap_nic_carries_the_original_guest_mac_and_runs_in_the_namespace(tmp_path: Path) -> None:
+    config = MachineConfig(kernel_path=Path("/k"), cmdline="x", nics=(NicConfig(tap="tap0"),), netns="ns-3")
+    argv = qemu_argv(config, accel=Accel.TCG, console_path=tmp_path / "c", qmp_path=tmp_path / "q")
+    assert argv[:4] == ["ip", "netns", "exec", "ns-3"]
+    assert "tap,id=net0,ifname=tap0,script=no,downscript=no" in argv
+    assert "virtio-net-pci,netdev=net0,mac=02:FC:00:00:00:05" in argv
+
+
+def test_user_mode_nic_forwards_host_ports_on_loopback_only(tmp_path: Path) -> None:
+    config = MachineConfig(
+        kernel_path=Path("/k"), cmdline="x", nics=(NicConfig(host_forwards=((18080, 49983),)),)
+    )
+    argv = qemu_argv(config, accel=Accel.TCG, console_path=tmp_path / "c", qmp_path=tmp_path / "q")
+    assert "user,id=net0,hostfwd=tcp:127.0.0.1:18080-:49983" in argv
+    assert argv[0] != "ip"

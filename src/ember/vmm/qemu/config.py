@@ -78,6 +78,20 @@ class MemoryFileConfig:
     shared: bool = True
 
 
+GUEST_MAC = "02:FC:00:00:00:05"
+"""The original's guest MAC: baked into every snapshot, so every sandbox's NIC must carry it."""
+
+
+@dataclass(frozen=True)
+class NicConfig:
+    """A virtio-net NIC: on a tap device (in the VMM's network namespace), or user-mode
+    networking with ``host_forwards`` of (127.0.0.1 port, guest port) when ``tap`` is None."""
+
+    tap: str | None = None
+    mac: str = GUEST_MAC
+    host_forwards: tuple[tuple[int, int], ...] = ()
+
+
 @dataclass(frozen=True)
 class MachineConfig:
     """Everything that defines a guest; equal configs give equal argv (restore relies on it)."""
@@ -89,7 +103,9 @@ class MachineConfig:
     vcpu_count: int = 1
     drives: tuple[DriveConfig, ...] = ()
     memory_file: MemoryFileConfig | None = None
+    nics: tuple[NicConfig, ...] = ()
     name: str = "ember"
+    netns: str | None = None
 
     @property
     def memory_bytes(self) -> int:
@@ -154,8 +170,18 @@ def qemu_argv(
         if drive.read_only:
             options.append("readonly=on")
         argv += ["-drive", ",".join(options), "-device", f"virtio-blk-pci,drive={drive.drive_id}"]
+    for index, nic in enumerate(config.nics):
+        netdev = f"net{index}"
+        if nic.tap is not None:
+            backend = f"tap,id={netdev},ifname={nic.tap},script=no,downscript=no"
+        else:
+            forwards = "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in nic.host_forwards)
+            backend = f"user,id={netdev}{forwards}"
+        argv += ["-netdev", backend, "-device", f"virtio-net-pci,netdev={netdev},mac={nic.mac}"]
     if incoming:
         argv += ["-incoming", "defer"]
+    if config.netns is not None:
+        argv = ["ip", "netns", "exec", config.netns, *argv]
     return argv
 
 
