@@ -6,7 +6,7 @@ which blocks it owns, ``CowCache`` holds their bytes, and ``export_diff`` /
 """
 
 from ember.block.cache import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, CowCache
-from ember.block.export import dirty_runs, export_diff, export_rootfs_build
+from ember.block.export import dirty_runs, export_diff, export_rootfs_build, pack_blocks
 from ember.block.overlay import STRIPE_BLOCKS, STRIPE_LOCKS, BaseDevice, Overlay, ZeroDevice
 from ember.block.tracker import BlockState, BlockTracker, state_runs
 
@@ -24,5 +24,6 @@ __all__ = [
     "dirty_runs",
     "export_diff",
     "export_rootfs_build",
+    "pack_blocks",
     "state_runs",
 ]

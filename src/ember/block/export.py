@@ -33,7 +33,6 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from ember.block.cache import CowCache
 from ember.block.overlay import Overlay
 from ember.build.metadata import TemplateMetadata
 from ember.build.upload import BuildArtifacts, upload_build
@@ -61,7 +60,7 @@ def dirty_runs(dirty: npt.NDArray[np.uint64]) -> list[tuple[int, int]]:
 
 
 class _DiffWriter:
-    """Appends runs of the cache file to the diff file, each at the next packed offset.
+    """Appends runs of a source file (cache file, guest RAM) to the diff file at the next packed offset.
 
     Runs of at least ``KERNEL_COPY_MIN_BYTES`` go through ``copy_file_range`` (in the kernel,
     a reflink where the file system shares extents). Shorter runs, the scattered blocks a
@@ -71,9 +70,9 @@ class _DiffWriter:
     refuses to copy, long runs are staged too.
     """
 
-    def __init__(self, cache: CowCache, target_fd: int, target_name: Path) -> None:
-        self._cache = cache
-        self._source_fd = cache.fileno()
+    def __init__(self, source_fd: int, source_name: Path, target_fd: int, target_name: Path) -> None:
+        self._source_name = source_name
+        self._source_fd = source_fd
         self._target_fd = target_fd
         self._target_name = target_name
         self._target_offset = 0
@@ -142,7 +141,7 @@ class _DiffWriter:
             try:
                 count = os.preadv(self._source_fd, [view[done:]], source_offset + done)
             except OSError as exc:
-                raise self._failed(f"read {self._cache.path} at byte {source_offset + done}", exc) from exc
+                raise self._failed(f"read {self._source_name} at byte {source_offset + done}", exc) from exc
             if count == 0:
                 raise self._truncated(source_offset + done)
             done += count
@@ -157,7 +156,7 @@ class _DiffWriter:
             except OSError as exc:
                 if exc.errno not in _NO_KERNEL_COPY:
                     raise self._failed(
-                        f"copy {self._cache.path} at byte {source_offset + done} into {self._target_name}",
+                        f"copy {self._source_name} at byte {source_offset + done} into {self._target_name}",
                         exc,
                     ) from exc
                 self._kernel_copy = False
@@ -173,9 +172,24 @@ class _DiffWriter:
 
     def _truncated(self, source_offset: int) -> StorageError:
         return StorageError(
-            f"{self._cache.path} ended at byte {source_offset}, before the dirty blocks the tracker "
-            "recorded: the cache file was truncated behind the overlay's back"
+            f"{self._source_name} ended at byte {source_offset}, before the dirty blocks recorded for it: "
+            "the file was truncated behind the exporter's back"
         )
+
+
+def pack_blocks(
+    source_fd: int, source_name: Path, dirty: npt.NDArray[np.uint64], block_size: int, out_path: Path
+) -> None:
+    """Write the ``dirty`` blocks of the source file to ``out_path``, packed in ascending block order."""
+    try:
+        target_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as exc:
+        raise StorageError(f"cannot create diff file {out_path}: {exc}; check the directory") from exc
+    try:
+        runs = [(start * block_size, (end - start) * block_size) for start, end in dirty_runs(dirty)]
+        _DiffWriter(source_fd, source_name, target_fd, out_path).append_runs(runs)
+    finally:
+        os.close(target_fd)
 
 
 def export_diff(overlay: Overlay, parent_header: Header, new_build_id: uuid.UUID, out_path: Path) -> Header:
@@ -192,15 +206,7 @@ def export_diff(overlay: Overlay, parent_header: Header, new_build_id: uuid.UUID
     block_size = overlay.block_size
     with overlay.paused_writes():
         diff = overlay.diff_metadata()
-        try:
-            target_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        except OSError as exc:
-            raise StorageError(f"cannot create diff file {out_path}: {exc}; check the directory") from exc
-        try:
-            runs = [(start * block_size, (end - start) * block_size) for start, end in dirty_runs(diff.dirty)]
-            _DiffWriter(overlay.cache, target_fd, out_path).append_runs(runs)
-        finally:
-            os.close(target_fd)
+        pack_blocks(overlay.cache.fileno(), overlay.cache.path, diff.dirty, block_size, out_path)
     return diff.to_diff_header(parent_header, new_build_id)
 
 
