@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 #   libnbd-bin    nbdinfo, nbdcopy (tests)   nbdfuse    NBD export as a FUSE file (no kernel NBD here)
 #   fuse3         fusermount3                qemu-utils qemu-img, qemu-io (tests)
 #   qemu-system-x86  the VMM for Linux guests  busybox-static, cpio, kmod  guest initramfs assembly
+#   debootstrap   the default template's Debian root filesystem
+#   iptables      iptables-restore/-save: sandbox network slots' NAT and forwarding rules
 apt_packages=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_packages+=(python3-venv)
 need() { command -v "$1" >/dev/null || [[ -e $1 ]] || apt_packages+=("$2"); }
@@ -21,6 +23,8 @@ need qemu-system-x86_64 qemu-system-x86
 need /bin/busybox busybox-static
 need cpio cpio
 need depmod kmod
+need /usr/sbin/debootstrap debootstrap
+need iptables-restore iptables
 if ((${#apt_packages[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "setup: missing Debian packages: ${apt_packages[*]}; run as root or apt-get install them" >&2

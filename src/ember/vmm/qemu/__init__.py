@@ -10,6 +10,7 @@ from ember.vmm.qemu.config import (
     NicConfig,
     choose_accel,
     qemu_argv,
+    qemu_version,
 )
 from ember.vmm.qemu.process import QemuVm
 from ember.vmm.qemu.qmp import QmpClient
@@ -26,4 +27,5 @@ __all__ = [
     "QmpClient",
     "choose_accel",
     "qemu_argv",
+    "qemu_version",
 ]

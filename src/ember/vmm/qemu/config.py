@@ -26,10 +26,15 @@ instruction (feasibility study, section 3), so there and without /dev/kvm it is 
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import os
+import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from ember.errors import VmError
 
 _log = logging.getLogger(__name__)
 
@@ -110,6 +115,19 @@ class MachineConfig:
     @property
     def memory_bytes(self) -> int:
         return self.memory_mib << 20
+
+
+@functools.cache
+def qemu_version(binary: str = QEMU_BINARY) -> str:
+    """``qemu-<x.y.z>``: recorded in a build's metadata as the VMM that wrote its snapfile."""
+    try:
+        output = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise VmError(f"cannot run {binary} --version: {exc}; install qemu-system-x86 (scripts/setup.sh)") from exc
+    match = re.search(r"version (\d+\.\d+(?:\.\d+)?)", output)
+    if match is None:
+        raise VmError(f"cannot read the QEMU version from {output.strip()!r}")
+    return f"qemu-{match.group(1)}"
 
 
 def choose_accel(dev_kvm: Path = Path("/dev/kvm"), sys_module: Path = Path("/sys/module")) -> AccelChoice:

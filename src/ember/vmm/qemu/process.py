@@ -113,6 +113,11 @@ class QemuVm:
                 )
             time.sleep(_POLL_INTERVAL_S * 5)
 
+    def check_alive(self) -> None:
+        """Raise VmError, with the console's last lines, if the QEMU process has exited."""
+        if self._process is None or self._process.poll() is not None:
+            raise VmError(f"QEMU {self.config.name} is not running; {self._diagnosis()}")
+
     def wait_exit(self, timeout_s: float) -> int:
         if self._process is None:
             raise VmError(f"cannot wait for VM {self.config.name}: it was never booted")

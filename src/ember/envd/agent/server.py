@@ -1,0 +1,221 @@
+"""The agent's HTTP/1.1 server: routes plain endpoints and Connect RPCs, streams replies.
+
+One thread per connection (``ThreadingHTTPServer``), keep-alive on. RPC calls are
+authenticated like every non-exempt route (``X-Access-Token`` once ``/init`` set a
+token; a failure is HTTP 401 with a Connect error body, code ``unauthenticated``) and
+pick their user from ``Authorization: Basic base64("<user>:")``. A streaming reply sends
+its headers at once, then one chunk per envelope; when the client goes away mid-stream
+the stream's generator is closed (which unsubscribes it) and the connection dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from . import connect, httpio
+from .connect import Call, Code, Encoding, Method, RpcError, Shape
+from .filesystem_service import FilesystemService
+from .http_api import HttpApi, Reply, Request
+from .process_service import ProcessService
+from .processes import ProcessTable
+from .state import AgentState
+
+DEFAULT_PORT = 49983
+FILE_BLOCK_BYTES = 1 << 20
+
+
+class Agent:
+    """Everything the request threads share."""
+
+    def __init__(self) -> None:
+        self.state = AgentState()
+        self.http_api = HttpApi(self.state)
+        self.methods: dict[str, Method] = {}
+        services = {
+            "process.Process": ProcessService(self.state, ProcessTable()).methods(),
+            "filesystem.Filesystem": FilesystemService(self.state).methods(),
+        }
+        for service, methods in services.items():
+            for name, method in methods.items():
+                self.methods[f"/{service}/{name}"] = method
+
+
+def basic_auth_user(header: str | None) -> str | None:
+    """The user name of ``Basic base64("<user>:")``; None when the header is absent."""
+    if not header:
+        return None
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() != "basic":
+        raise RpcError(Code.UNAUTHENTICATED, f"Authorization scheme {scheme!r} is not Basic")
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise RpcError(Code.UNAUTHENTICATED, "Authorization: Basic credentials are not base64") from exc
+    return decoded.partition(":")[0] or None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "envd"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        url = urlsplit(self.path)
+        method = self.server.agent.methods.get(url.path)
+        try:
+            if method is not None and self.command == "POST":
+                self._serve_rpc(method)
+                return
+            request = Request(self.command, url.path, dict(parse_qsl(url.query)), self.headers, self.rfile)
+            self._send_reply(self.server.agent.http_api.handle(request))
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _send_reply(self, reply: Reply) -> None:
+        if reply.status >= 400:
+            self.close_connection = True
+        self.send_response(reply.status)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        if reply.content_type:
+            self.send_header("Content-Type", reply.content_type)
+        if reply.file_path is None:
+            if reply.status != 204:
+                self.send_header("Content-Length", str(len(reply.body)))
+            self._end_headers()
+            self.wfile.write(reply.body)
+            return
+        with open(reply.file_path, "rb") as handle:
+            self.send_header("Content-Length", str(os.fstat(handle.fileno()).st_size))
+            self._end_headers()
+            while block := handle.read(FILE_BLOCK_BYTES):
+                self.wfile.write(block)
+
+    def _end_headers(self) -> None:
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+
+    def _send_unary_error(self, error: RpcError, status: int | None = None) -> None:
+        body = json.dumps(error.to_json()).encode()
+        self._send_reply(Reply(status or connect.HTTP_STATUS[error.code], body, "application/json"))
+
+    def _serve_rpc(self, method: Method) -> None:
+        try:
+            encoding = connect.parse_content_type(self.headers.get("Content-Type", ""), method.shape)
+        except RpcError as exc:
+            self._send_unary_error(exc, 415)
+            return
+        try:
+            if not self.server.agent.state.token_matches(self.headers.get("X-Access-Token")):
+                raise RpcError(Code.UNAUTHENTICATED, "unauthorized access: send the access token in X-Access-Token")
+            call = Call(self.headers, basic_auth_user(self.headers.get("Authorization")), connect.parse_timeout(self.headers))
+        except RpcError as exc:
+            self._send_unary_error(exc)
+            return
+        if method.shape is Shape.UNARY:
+            self._serve_unary(method, encoding, call)
+        else:
+            self._serve_stream(method, encoding, call)
+
+    def _serve_unary(self, method: Method, encoding: Encoding, call: Call) -> None:
+        try:
+            try:
+                body = httpio.read_body(self.rfile, self.headers)
+            except httpio.BodyError as exc:
+                raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from exc
+            response = method.handler(call, encoding.decode(method.request_type, body))
+            payload = encoding.encode(method.response_type, response)
+        except RpcError as exc:
+            self._send_unary_error(exc)
+            return
+        except Exception as exc:  # the error boundary of one call: report, keep serving
+            self._send_unary_error(RpcError(Code.INTERNAL, f"{type(exc).__name__}: {exc}"))
+            return
+        self._send_reply(Reply(200, payload, f"application/{encoding.value}"))
+
+    def _requests(self, method: Method, encoding: Encoding) -> Iterator[Any]:
+        try:
+            for payload in connect.iter_envelopes(self.rfile, self.headers):
+                yield encoding.decode(method.request_type, payload)
+        except httpio.BodyError as exc:
+            raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from exc
+
+    def _serve_stream(self, method: Method, encoding: Encoding, call: Call) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", f"application/connect+{encoding.value}")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        messages: Iterator[Any] | None = None
+        error: RpcError | None = None
+        try:
+            if method.shape is Shape.SERVER_STREAM:
+                requests = list(self._requests(method, encoding))
+                if len(requests) != 1:
+                    raise RpcError(Code.INVALID_ARGUMENT, f"expected 1 request message, got {len(requests)}")
+                messages = method.handler(call, requests[0])
+            else:
+                messages = iter([method.handler(call, self._requests(method, encoding))])
+            for message in messages:
+                envelope = connect.envelope(encoding.encode(method.response_type, message))
+                self.wfile.write(httpio.chunk(envelope))
+        except RpcError as exc:
+            error = exc
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+            return
+        except Exception as exc:  # the error boundary of one call: report, keep serving
+            error = RpcError(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
+        finally:
+            close = getattr(messages, "close", None)
+            if close is not None:
+                close()
+        self.wfile.write(httpio.chunk(connect.end_stream(error)) + httpio.LAST_CHUNK)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], agent: Agent, verbose: bool) -> None:
+        super().__init__(address, _Handler)
+        self.agent = agent
+        self.verbose = verbose
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="envd", description="E2B-compatible in-sandbox agent")
+    parser.add_argument("--port", "-port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--host", "-host", default="0.0.0.0")
+    parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    options = parser.parse_args(argv)
+    try:
+        server = _Server((options.host, options.port), Agent(), options.verbose)
+    except OSError as exc:
+        print(f"envd: cannot listen on {options.host}:{options.port}: {exc}", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"envd: listening on {options.host}:{options.port}", file=sys.stderr, flush=True)
+    with server:
+        server.serve_forever(poll_interval=0.2)
+    return 0

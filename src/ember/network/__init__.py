@@ -1,0 +1,36 @@
+"""Sandbox networking as the original's v1 datapath: one namespace, veth pair, tap and NAT per slot."""
+
+from ember.network.addressing import (
+    DEFAULT_HOST_CIDR,
+    DEFAULT_VRT_CIDR,
+    GUEST_IP,
+    GUEST_MAC,
+    TAP_IP,
+    TAP_MAC,
+    Slot,
+    SlotConfig,
+    netns_exec_argv,
+)
+from ember.network.errors import NetworkError, SlotBusy
+from ember.network.pool import SlotPool
+from ember.network.reclaim import Reclaimed, reclaim_leftovers
+from ember.network.slot import create_slot, remove_slot
+
+__all__ = [
+    "DEFAULT_HOST_CIDR",
+    "DEFAULT_VRT_CIDR",
+    "GUEST_IP",
+    "GUEST_MAC",
+    "TAP_IP",
+    "TAP_MAC",
+    "NetworkError",
+    "Reclaimed",
+    "Slot",
+    "SlotBusy",
+    "SlotConfig",
+    "SlotPool",
+    "create_slot",
+    "netns_exec_argv",
+    "reclaim_leftovers",
+    "remove_slot",
+]
