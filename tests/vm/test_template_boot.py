@@ -1,8 +1,6 @@
 """The default template boots under QEMU with ember-init and its agent answers on port 49983.
 
 The guest's NIC is QEMU user networking with a host port forwarded to the agent.
-MachineConfig has no NIC option yet, so this test appends the two NIC arguments to the
-argv QemuVm builds (monkeypatching ``qemu_argv`` where process.py looks it up).
 """
 
 from __future__ import annotations
@@ -10,12 +8,10 @@ from __future__ import annotations
 import http.client
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-import ember.vmm.qemu.process
 from ember.envd.bundle import build_agent
 from ember.guest import (
     ENVD_PORT,
@@ -24,9 +20,10 @@ from ember.guest import (
     GuestKernel,
     assemble_template_image,
     default_template_rootfs,
-    kernel_ip_arg,
 )
-from ember.vmm.qemu import DriveConfig, MachineConfig, QemuVm, qemu_argv
+from ember.vmm import VmState
+from ember.vmm.kernel_args import ip_arg
+from ember.vmm.qemu import DriveConfig, MachineConfig, NicConfig, QemuVm
 
 pytestmark = pytest.mark.vm
 
@@ -41,14 +38,6 @@ def _free_port() -> int:
         return port
 
 
-def _with_user_nic(host_port: int) -> Callable[..., list[str]]:
-    def argv(*args: object, **kwargs: object) -> list[str]:
-        nic = f"user,id=net0,hostfwd=tcp:127.0.0.1:{host_port}-:{ENVD_PORT}"
-        return [*qemu_argv(*args, **kwargs), "-netdev", nic, "-device", "virtio-net-pci,netdev=net0"]  # type: ignore[arg-type]
-
-    return argv
-
-
 def _health_status(port: int) -> int | None:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
     try:
@@ -61,24 +50,24 @@ def _health_status(port: int) -> int | None:
 
 
 def test_default_template_boots_to_a_healthy_agent_reachable_over_the_network(
-    tmp_path: Path, guest_kernel: GuestKernel, guest_initramfs: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, guest_kernel: GuestKernel, guest_initramfs: Path
 ) -> None:
     envd = build_agent(tmp_path / "envd")
     image = assemble_template_image(default_template_rootfs(), tmp_path / "rootfs.ext4", DISK_MB, envd)
     port = _free_port()
-    monkeypatch.setattr(ember.vmm.qemu.process, "qemu_argv", _with_user_nic(port))
-    ip_arg = kernel_ip_arg("10.0.2.15", "10.0.2.2", "255.255.255.0")
+    guest_ip = ip_arg("10.0.2.15", "10.0.2.2", "255.255.255.0")
     config = MachineConfig(
         kernel_path=guest_kernel.vmlinuz_path,
         initrd_path=guest_initramfs,
-        cmdline=f"console=ttyS0 panic=-1 quiet init={GUEST_INIT_PATH} {ip_arg}",
+        cmdline=f"console=ttyS0 panic=-1 quiet init={GUEST_INIT_PATH} ip={guest_ip}",
         drives=(DriveConfig(str(image)),),
+        nics=(NicConfig(host_forwards=((port, ENVD_PORT),)),),
     )
     with QemuVm(config, tmp_path / "run") as vm:
         vm.boot()
         deadline = time.monotonic() + BOOT_TIMEOUT_S
         status = _health_status(port)
-        while status != 204 and time.monotonic() < deadline and vm.pid is not None:
+        while status != 204 and time.monotonic() < deadline and vm.state is VmState.RUNNING:
             time.sleep(0.1)
             status = _health_status(port)
         console = vm.console_path.read_text(errors="replace")

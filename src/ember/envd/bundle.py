@@ -55,5 +55,7 @@ def build_agent(path: Path | str) -> Path:
         os.replace(partial, target)
     except OSError as exc:
         partial.unlink(missing_ok=True)
-        raise GuestError(f"cannot write the envd agent to {target}: {exc}; check the directory is writable") from exc
+        raise GuestError(
+            f"cannot write the envd agent to {target}: {exc}; check the directory is writable"
+        ) from exc
     return target

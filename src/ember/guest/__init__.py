@@ -14,7 +14,6 @@ from ember.guest.guest_init import (
     GUEST_INIT_PATH,
     GUEST_INIT_SCRIPT,
     READY_MARKER,
-    kernel_ip_arg,
 )
 from ember.guest.initramfs import FAIL_MARKER, OK_MARKER, build_initramfs, busybox_applets
 from ember.guest.kernel import (
@@ -52,7 +51,6 @@ __all__ = [
     "default_template_path",
     "default_template_rootfs",
     "extract_vmlinux",
-    "kernel_ip_arg",
     "load_order",
     "make_ext4",
     "open_kernel",

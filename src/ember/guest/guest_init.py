@@ -127,10 +127,3 @@ run_envd < /dev/null > /dev/console 2>&1 &
 echo "{READY_MARKER}"
 while :; do wait; sleep 1; done
 """
-
-
-def kernel_ip_arg(
-    guest_ip: str, gateway_ip: str, netmask: str, *, hostname: str = "instance", iface: str = "eth0"
-) -> str:
-    """The ``ip=`` kernel parameter ember-init configures the guest's interface from."""
-    return f"ip={guest_ip}::{gateway_ip}:{netmask}:{hostname}:{iface}:off"

@@ -1,4 +1,4 @@
-"""Template root filesystems: the default Debian one, and turning any root into a boot image.
+"""Turning a template root filesystem into a guest's ext4 boot image.
 
 A template image is a root filesystem plus what ember puts into every guest::
 
@@ -10,13 +10,7 @@ A template image is a root filesystem plus what ember puts into every guest::
     /etc/ember/env         ``export KEY='value'`` lines for envd, only when start_env is given
 
 The root comes from a directory, a ``.tar`` / ``.tar.gz`` of a root filesystem, or the
-default: Debian bookworm ``minbase`` plus python3 (stdlib), iproute2 and procps, made by
-debootstrap from the mirror apt is configured with, trimmed of docs, man pages, locales
-and apt lists, and cached::
-
-    {cache}/templates/debian-bookworm-{sha256 of suite, variant, packages, recipe}[:16]/
-      rootfs/              the root filesystem (owned by root, as debootstrap left it)
-      manifest.json        what was built from where, how long it took and its size
+default Debian root (ember.guest.default_template, cached on the host).
 
 Injected files are written inside a staging copy (hard links when on the same file
 system, so staging costs no copy) and only ever by replacing a directory entry, never by

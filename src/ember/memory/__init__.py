@@ -1,5 +1,14 @@
-"""Guest memory: exporting a guest's RAM as a memfile build (lazy serving arrives with resume)."""
+"""Guest memory: a guest's RAM as a memfile build, and a build's memfile served lazily to QEMU."""
 
 from ember.memory.export import export_memory, nonzero_blocks
+from ember.memory.fuse import MEMORY_FILE_NAME, LazyMemory, LazyMemoryError, LazyMemoryStats, is_mounted
 
-__all__ = ["export_memory", "nonzero_blocks"]
+__all__ = [
+    "MEMORY_FILE_NAME",
+    "LazyMemory",
+    "LazyMemoryError",
+    "LazyMemoryStats",
+    "export_memory",
+    "is_mounted",
+    "nonzero_blocks",
+]

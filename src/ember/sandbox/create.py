@@ -21,18 +21,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ember.build import BuildArtifacts, BuildFile, Start, TemplateInfo, TemplateMetadata, upload_build
 from ember.block import export_diff
+from ember.build import BuildArtifacts, BuildFile, Start, TemplateInfo, TemplateMetadata, upload_build
+from ember.envd.client import EnvdClient
+from ember.envd.records import ProcessResult
 from ember.environment import Environment
-from ember.errors import BuildError, UsageError
+from ember.errors import BuildError, EmberError, UsageError
 from ember.guest import build_initramfs, cache_dir, provision_kernel
 from ember.header import HUGEPAGE_SIZE, PAGE_SIZE, Header
 from ember.memory import export_memory
@@ -78,7 +80,9 @@ class CreateReport:
 Progress = Callable[[str], None]
 
 
-def _phase(report: dict[str, float], name: str, progress: Progress) -> contextlib.AbstractContextManager[None]:
+def _phase(
+    report: dict[str, float], name: str, progress: Progress
+) -> contextlib.AbstractContextManager[None]:
     @contextlib.contextmanager
     def timed() -> Iterator[None]:
         started = time.monotonic()
@@ -147,10 +151,12 @@ def create_build(options: CreateOptions, progress: Progress = print) -> CreateRe
                 progress(f"Building from: {options.from_build}")
                 base = BuildFile.open(storage, options.from_build, ROOTFS)
             else:
-                image = template_image(options.image, options.disk_mb, env, cache_dir(), progress)
+                image = template_image(options.image, options.disk_mb, env, cache_dir(), scratch, progress)
                 layer, _ = _image_layer(storage, image, env, scratch, progress)
                 base = BuildFile.open(storage, layer, ROOTFS)
-            rootfs = stack.enter_context(ServedRootfs(base, scratch, f"rootfs-{options.to_build}", base.block_size))
+            rootfs = stack.enter_context(
+                ServedRootfs(base, scratch, f"rootfs-{options.to_build}", base.block_size)
+            )
 
         with _phase(phases, "boot", progress):
             agent = stack.enter_context(GuestAgent.network(progress))
@@ -174,11 +180,11 @@ def create_build(options: CreateOptions, progress: Progress = print) -> CreateRe
             client = agent.connect(timeout_s=min(options.timeout_s, 120.0), vm=vm)
 
         with _phase(phases, "start", progress):
-            if options.start_cmd:
-                progress(f"▶ Start command: {options.start_cmd}")
-                client.start(options.start_cmd)
+            start = _StartCommand(client, options.start_cmd, progress) if options.start_cmd else None
             if options.ready_cmd:
-                _wait_ready(client, options, progress)
+                _wait_ready(client, options, start, progress)
+            elif start is not None:
+                start.check()
 
         with _phase(phases, "snapshot", progress):
             client.run("sync", timeout_s=60)
@@ -197,7 +203,9 @@ def create_build(options: CreateOptions, progress: Progress = print) -> CreateRe
             metadata = TemplateMetadata(
                 version=2,
                 template=TemplateInfo(str(options.to_build), kernel.version, vmm_version),
-                start=Start(options.start_cmd, options.ready_cmd) if options.start_cmd or options.ready_cmd else None,
+                start=Start(options.start_cmd, options.ready_cmd)
+                if options.start_cmd or options.ready_cmd
+                else None,
             )
             upload_build(
                 storage,
@@ -214,12 +222,51 @@ def create_build(options: CreateOptions, progress: Progress = print) -> CreateRe
     return CreateReport(options.to_build, kernel.version, vmm_version, memfile_header, rootfs_header, phases)
 
 
-def _wait_ready(client: object, options: CreateOptions, progress: Progress) -> None:
-    raise NotImplementedError
+class _StartCommand:
+    """The template's start command, left running; a watcher notices if it fails before ready."""
+
+    def __init__(self, client: EnvdClient, cmd: str, progress: Progress) -> None:
+        progress(f"▶ Start command: {cmd}")
+        self.cmd = cmd
+        self._handle = client.start(cmd, timeout_s=24 * 3600)
+        self._result: ProcessResult | None = None
+        self._watcher = threading.Thread(target=self._watch, name="start-cmd", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        with contextlib.suppress(EmberError):  # the stream ends with the VM; only an early exit matters
+            self._result = self._handle.wait()
+
+    def check(self) -> None:
+        """Raise if the start command has already exited with a failure."""
+        result = self._result
+        if result is not None and result.exit_code != 0:
+            tail = " / ".join(result.stderr.decode(errors="replace").strip().splitlines()[-3:])
+            raise BuildError(
+                f"start command {self.cmd!r} exited with code {result.exit_code}: {tail or 'no output'}"
+            )
 
 
-def _remove(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
-_ = BuildError
+def _wait_ready(
+    client: EnvdClient, options: CreateOptions, start: _StartCommand | None, progress: Progress
+) -> None:
+    progress(f"⏳ Waiting for ready command: {options.ready_cmd}")
+    deadline = time.monotonic() + options.timeout_s
+    attempts = 0
+    while True:
+        attempts += 1
+        remaining = max(1.0, deadline - time.monotonic())
+        result = client.run(options.ready_cmd, timeout_s=min(30.0, remaining))
+        if result.exit_code == 0:
+            progress(f"✓ Ready after {attempts} check(s)")
+            return
+        if start is not None:
+            start.check()
+        if time.monotonic() >= deadline:
+            tail = (result.stderr or result.stdout).decode(errors="replace").strip().splitlines()[-2:]
+            raise BuildError(
+                f"ready command {options.ready_cmd!r} did not succeed within {options.timeout_s / 60:g} min "
+                f"({attempts} checks, last exit code {result.exit_code}: {' / '.join(tail) or 'no output'}); "
+                "fix the command or raise -timeout"
+            )
+        time.sleep(READY_POLL_INTERVAL_S)

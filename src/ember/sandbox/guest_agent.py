@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ember.envd.client import ENVD_PORT, EnvdClient
+from ember.envd.client import EnvdClient
 from ember.errors import VmError
+from ember.guest import ENVD_PORT
 from ember.network import Slot, SlotPool
 from ember.vmm.kernel_args import ip_arg
 from ember.vmm.qemu import NicConfig, QemuVm
@@ -39,7 +40,7 @@ class GuestAgent:
 
     @property
     def ip_arg(self) -> str:
-        return ip_arg(self.slot.guest_ip, self.slot.tap_ip)
+        return ip_arg(str(self.slot.guest_ip), str(self.slot.tap_ip))
 
     @property
     def nics(self) -> tuple[NicConfig, ...]:

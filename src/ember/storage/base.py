@@ -145,6 +145,10 @@ def crc32c_of_bytes(data: bytes) -> int:
     return int(google_crc32c.value(data))
 
 
+OBJECT_MODE = 0o644
+"""Stored objects are world-readable like any file a plain copy makes (mkstemp would give 0600)."""
+
+
 def atomic_write(path: Path, fill: Callable[[BinaryIO], object], *, fsync: bool = True) -> None:
     """Write ``path`` through a temporary sibling and rename it into place.
 
@@ -160,6 +164,7 @@ def atomic_write(path: Path, fill: Callable[[BinaryIO], object], *, fsync: bool 
     except OSError as exc:
         raise StorageError(f"cannot create a file in {directory}: {exc}; check permissions") from exc
     try:
+        os.fchmod(fd, OBJECT_MODE)
         with os.fdopen(fd, "wb") as target:
             fill(target)
             target.flush()

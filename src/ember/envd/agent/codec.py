@@ -94,7 +94,9 @@ def decode(type_name: str, data: bytes) -> Message:
             field = by_number.get(number)
             if field is None:
                 continue
-            expected = wire.LEN if field.kind in (Kind.STRING, Kind.BYTES, Kind.MESSAGE, Kind.MAP) else wire.VARINT
+            expected = (
+                wire.LEN if field.kind in (Kind.STRING, Kind.BYTES, Kind.MESSAGE, Kind.MAP) else wire.VARINT
+            )
             if wire_type != expected:
                 raise CodecError(f"field {field.name} has wire type {wire_type}, expected {expected}")
             value = _decode_one(field, raw)
@@ -228,9 +230,7 @@ def _scalar_from_json(field: Field, raw: Any) -> Any:
     raise CodecError(f"field {field.json_name} must be a JSON {kind.value}, got {raw!r}")
 
 
-_RFC3339 = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$"
-)
+_RFC3339 = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$")
 
 
 def parse_rfc3339(text: str) -> tuple[int, int]:

@@ -22,7 +22,8 @@ import struct
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from io import BufferedIOBase
+from typing import Any
 
 from . import codec, httpio
 from .codec import Message
@@ -146,7 +147,8 @@ def parse_content_type(content_type: str, shape: Shape) -> Encoding:
         if media == prefix + encoding.value:
             return encoding
     raise RpcError(
-        Code.UNIMPLEMENTED, f"content type {media!r} is not {prefix}json or {prefix}proto for a {shape.value} call"
+        Code.UNIMPLEMENTED,
+        f"content type {media!r} is not {prefix}json or {prefix}proto for a {shape.value} call",
     )
 
 
@@ -169,7 +171,7 @@ def end_stream(error: RpcError | None) -> bytes:
     return envelope(json.dumps(trailer).encode(), FLAG_END_STREAM)
 
 
-def iter_envelopes(rfile: BinaryIO, headers: Mapping[str, str]) -> Iterator[bytes]:
+def iter_envelopes(rfile: BufferedIOBase, headers: Mapping[str, str]) -> Iterator[bytes]:
     """Yield each enveloped request payload as soon as it has fully arrived."""
     compression = headers.get("Connect-Content-Encoding", "")
     buffer = bytearray()
@@ -178,7 +180,9 @@ def iter_envelopes(rfile: BinaryIO, headers: Mapping[str, str]) -> Iterator[byte
         while len(buffer) >= ENVELOPE_HEADER.size:
             flags, length = ENVELOPE_HEADER.unpack_from(buffer)
             if length > MAX_MESSAGE_BYTES:
-                raise RpcError(Code.RESOURCE_EXHAUSTED, f"message of {length} bytes exceeds {MAX_MESSAGE_BYTES}")
+                raise RpcError(
+                    Code.RESOURCE_EXHAUSTED, f"message of {length} bytes exceeds {MAX_MESSAGE_BYTES}"
+                )
             end = ENVELOPE_HEADER.size + length
             if len(buffer) < end:
                 break
@@ -188,4 +192,6 @@ def iter_envelopes(rfile: BinaryIO, headers: Mapping[str, str]) -> Iterator[byte
                 return
             yield httpio.decompress(payload, compression) if flags & FLAG_COMPRESSED else payload
     if buffer:
-        raise RpcError(Code.INVALID_ARGUMENT, f"request stream ends inside an envelope ({len(buffer)} bytes left)")
+        raise RpcError(
+            Code.INVALID_ARGUMENT, f"request stream ends inside an envelope ({len(buffer)} bytes left)"
+        )

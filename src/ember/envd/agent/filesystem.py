@@ -91,7 +91,10 @@ def entry_info(path: str) -> Message:
         permissions=stat.filemode(info.st_mode),
         owner=_owner(info.st_uid),
         group=_group(info.st_gid),
-        modified_time={"seconds": info.st_mtime_ns // 1_000_000_000, "nanos": info.st_mtime_ns % 1_000_000_000},
+        modified_time={
+            "seconds": info.st_mtime_ns // 1_000_000_000,
+            "nanos": info.st_mtime_ns % 1_000_000_000,
+        },
     )
     return entry
 

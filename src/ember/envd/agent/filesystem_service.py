@@ -40,7 +40,10 @@ class FilesystemService:
             "ListDir": unary("ListDir", self.list_dir),
             "Remove": unary("Remove", self.remove),
             "WatchDir": Method(
-                "filesystem.WatchDirRequest", "filesystem.WatchDirResponse", Shape.SERVER_STREAM, self.watch_dir
+                "filesystem.WatchDirRequest",
+                "filesystem.WatchDirResponse",
+                Shape.SERVER_STREAM,
+                self.watch_dir,
             ),
             "CreateWatcher": unary("CreateWatcher", self.create_watcher),
             "GetWatcherEvents": unary("GetWatcherEvents", self.get_watcher_events),

@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from io import BufferedIOBase
 
 from . import filesystem, httpio
 from .codec import CodecError, Message, parse_rfc3339
@@ -49,7 +49,7 @@ class Request:
     path: str
     query: Mapping[str, str]
     headers: Mapping[str, str]
-    rfile: BinaryIO
+    rfile: BufferedIOBase
 
 
 class HttpError(Exception):
@@ -113,7 +113,9 @@ class HttpApi:
         token = body.get("accessToken")
         current = self._state.snapshot().access_token
         if token is not None and current is not None and token != current and not self._authorized(request):
-            raise HttpError(401, "access token is already set: send the current one in X-Access-Token to change it")
+            raise HttpError(
+                401, "access token is already set: send the current one in X-Access-Token to change it"
+            )
         env_vars = body.get("envVars") or {}
         if not isinstance(env_vars, dict):
             raise HttpError(400, "envVars must be a JSON object of strings")
@@ -136,7 +138,9 @@ class HttpApi:
     def _file_user(self, request: Request) -> User:
         if not self._authorized(request):
             if "signature" in request.query:
-                raise HttpError(401, "signed URLs are not supported by this envd: send X-Access-Token instead")
+                raise HttpError(
+                    401, "signed URLs are not supported by this envd: send X-Access-Token instead"
+                )
             raise HttpError(401, _NOT_AUTHORIZED)
         try:
             return self._state.resolve_user(request.query.get("username"))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import gzip
 import zlib
 from collections.abc import Iterator, Mapping
-from typing import BinaryIO
+from io import BufferedIOBase
 
 MAX_BODY_BYTES = 1 << 30
 _MAX_CHUNK_LINE = 1024
@@ -26,7 +26,9 @@ class BodyError(ValueError):
     """The request body is malformed, too large, or encoded in an unsupported way."""
 
 
-def iter_body(rfile: BinaryIO, headers: Mapping[str, str], block_size: int = 1 << 16) -> Iterator[bytes]:
+def iter_body(
+    rfile: BufferedIOBase, headers: Mapping[str, str], block_size: int = 1 << 16
+) -> Iterator[bytes]:
     """Yield the request body in pieces as they arrive; nothing is read past its end."""
     if "chunked" in headers.get("Transfer-Encoding", "").lower():
         yield from _iter_chunked(rfile)
@@ -45,7 +47,7 @@ def iter_body(rfile: BinaryIO, headers: Mapping[str, str], block_size: int = 1 <
         yield piece
 
 
-def _iter_chunked(rfile: BinaryIO) -> Iterator[bytes]:
+def _iter_chunked(rfile: BufferedIOBase) -> Iterator[bytes]:
     total = 0
     while True:
         line = rfile.readline(_MAX_CHUNK_LINE)
@@ -69,7 +71,7 @@ def _iter_chunked(rfile: BinaryIO) -> Iterator[bytes]:
         yield data
 
 
-def read_body(rfile: BinaryIO, headers: Mapping[str, str]) -> bytes:
+def read_body(rfile: BufferedIOBase, headers: Mapping[str, str]) -> bytes:
     """The whole request body, decompressed when ``Content-Encoding`` is gzip."""
     body = b"".join(iter_body(rfile, headers))
     return decompress(body, headers.get("Content-Encoding", ""))

@@ -69,14 +69,19 @@ class ProcessService:
                 "process.CloseStdinRequest", "process.CloseStdinResponse", Shape.UNARY, self.close_stdin
             ),
             "StreamInput": Method(
-                "process.StreamInputRequest", "process.StreamInputResponse", Shape.CLIENT_STREAM, self.stream_input
+                "process.StreamInputRequest",
+                "process.StreamInputResponse",
+                Shape.CLIENT_STREAM,
+                self.stream_input,
             ),
             "Update": Method("process.UpdateRequest", "process.UpdateResponse", Shape.UNARY, self.update),
         }
 
     def start(self, call: Call, request: Message) -> Iterator[Message]:
         if "pty" in request:
-            raise RpcError(Code.UNIMPLEMENTED, "PTY processes are not supported by this envd; start without pty")
+            raise RpcError(
+                Code.UNIMPLEMENTED, "PTY processes are not supported by this envd; start without pty"
+            )
         config = request.get("process")
         if not config:
             raise RpcError(Code.INVALID_ARGUMENT, "StartRequest.process is missing: give cmd and args")

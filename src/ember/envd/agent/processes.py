@@ -14,6 +14,7 @@ The child runs in a new session so ``SendSignal`` reaches its whole process grou
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -106,26 +107,24 @@ class ManagedProcess:
                 stdin.write(data)
                 stdin.flush()
             except (BrokenPipeError, ValueError) as exc:
-                raise RpcError(Code.FAILED_PRECONDITION, f"stdin of process {self.pid} is closed: {exc}") from exc
+                raise RpcError(
+                    Code.FAILED_PRECONDITION, f"stdin of process {self.pid} is closed: {exc}"
+                ) from exc
 
     def close_stdin(self) -> None:
         with self._stdin_lock:
             stdin = self._popen.stdin
             if stdin is None:
                 raise RpcError(Code.FAILED_PRECONDITION, f"process {self.pid} was started without stdin")
-            try:
+            with contextlib.suppress(BrokenPipeError):
                 stdin.close()
-            except BrokenPipeError:
-                pass
 
     def send_signal(self, signum: int) -> None:
         try:
             os.killpg(self.pid, signum)
         except ProcessLookupError:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 self._popen.send_signal(signum)
-            except ProcessLookupError:
-                pass
         except PermissionError as exc:
             raise RpcError(Code.PERMISSION_DENIED, f"cannot signal process {self.pid}: {exc}") from exc
 

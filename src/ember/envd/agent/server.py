@@ -31,6 +31,7 @@ from .processes import ProcessTable
 from .state import AgentState
 
 DEFAULT_PORT = 49983
+_NOT_AUTHORIZED = "unauthorized access: send the access token in X-Access-Token"
 FILE_BLOCK_BYTES = 1 << 20
 
 
@@ -67,6 +68,8 @@ def basic_auth_user(header: str | None) -> str | None:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "envd"
+    sys_version = ""
+    fields: dict[str, str]
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -81,12 +84,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         url = urlsplit(self.path)
+        self.fields = {name.title(): value for name, value in self.headers.items()}
         method = self.server.agent.methods.get(url.path)
         try:
             if method is not None and self.command == "POST":
                 self._serve_rpc(method)
                 return
-            request = Request(self.command, url.path, dict(parse_qsl(url.query)), self.headers, self.rfile)
+            request = Request(self.command, url.path, dict(parse_qsl(url.query)), self.fields, self.rfile)
             self._send_reply(self.server.agent.http_api.handle(request))
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
@@ -122,14 +126,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve_rpc(self, method: Method) -> None:
         try:
-            encoding = connect.parse_content_type(self.headers.get("Content-Type", ""), method.shape)
+            encoding = connect.parse_content_type(self.fields.get("Content-Type", ""), method.shape)
         except RpcError as exc:
             self._send_unary_error(exc, 415)
             return
         try:
-            if not self.server.agent.state.token_matches(self.headers.get("X-Access-Token")):
-                raise RpcError(Code.UNAUTHENTICATED, "unauthorized access: send the access token in X-Access-Token")
-            call = Call(self.headers, basic_auth_user(self.headers.get("Authorization")), connect.parse_timeout(self.headers))
+            if not self.server.agent.state.token_matches(self.fields.get("X-Access-Token")):
+                raise RpcError(Code.UNAUTHENTICATED, _NOT_AUTHORIZED)
+            user = basic_auth_user(self.fields.get("Authorization"))
+            call = Call(self.fields, user, connect.parse_timeout(self.fields))
         except RpcError as exc:
             self._send_unary_error(exc)
             return
@@ -141,7 +146,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve_unary(self, method: Method, encoding: Encoding, call: Call) -> None:
         try:
             try:
-                body = httpio.read_body(self.rfile, self.headers)
+                body = httpio.read_body(self.rfile, self.fields)
             except httpio.BodyError as exc:
                 raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from exc
             response = method.handler(call, encoding.decode(method.request_type, body))
@@ -156,7 +161,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _requests(self, method: Method, encoding: Encoding) -> Iterator[Any]:
         try:
-            for payload in connect.iter_envelopes(self.rfile, self.headers):
+            for payload in connect.iter_envelopes(self.rfile, self.fields):
                 yield encoding.decode(method.request_type, payload)
         except httpio.BodyError as exc:
             raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from exc

@@ -84,7 +84,9 @@ def lookup_user(name: str) -> User:
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
-        raise RpcError(Code.UNAUTHENTICATED, f"invalid user: {name!r} does not exist in the sandbox") from None
+        raise RpcError(
+            Code.UNAUTHENTICATED, f"invalid user: {name!r} does not exist in the sandbox"
+        ) from None
     return User(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir or "/", entry.pw_shell or "/bin/sh")
 
 

@@ -10,6 +10,7 @@ between two polls is not seen, and several writes between polls are one WRITE.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -53,7 +54,12 @@ class DirWatcher:
                             info = item.stat(follow_symlinks=False)
                         except OSError:
                             continue
-                        found[name] = (info.st_ino, info.st_mtime_ns, info.st_size, stat.S_IMODE(info.st_mode))
+                        found[name] = (
+                            info.st_ino,
+                            info.st_mtime_ns,
+                            info.st_size,
+                            stat.S_IMODE(info.st_mode),
+                        )
                         if self._recursive and stat.S_ISDIR(info.st_mode):
                             pending.append(name)
             except FileNotFoundError:
@@ -85,8 +91,6 @@ class DirWatcher:
     def _event(self, name: str, event_type: int) -> Message:
         event: Message = {"name": name, "type": event_type}
         if self._include_entry and event_type not in (EVENT_REMOVE, EVENT_RENAME):
-            try:
+            with contextlib.suppress(RpcError):
                 event["entry"] = entry_info(os.path.join(self.root, name))
-            except RpcError:
-                pass
         return event

@@ -1,0 +1,412 @@
+"""Guest RAM served lazily from a build's memfile: the QEMU counterpart of E2B's UFFD page server.
+
+QEMU maps guest RAM from a file (``memory-backend-file,share=on``). Here that file is the
+only file of a FUSE filesystem served by this process, so the kernel turns the guest's
+page faults into FUSE reads and its dirty pages into FUSE writes (facts file 3.2, 4.5;
+feasibility study 4.1)::
+
+    guest page fault -> kernel page cache miss -> FUSE READ  -> Overlay.readinto
+                                                                  |- DIRTY/ZERO: cache file / zeros
+                                                                  '- NOT_PRESENT: BuildFile (header chain,
+                                                                     chunk cache, storage)
+    guest write -> dirty page in the page cache -> FUSE WRITE -> Overlay.write_at
+                   (written back on fsync, on munmap/exit,      all-zero page -> ZERO, else DIRTY
+                    or by the kernel's periodic writeback)
+
+    {work_dir}/memory-XXXX.mnt/memfile    the file QEMU maps (size = device size, fixed)
+    {work_dir}/memory-XXXX.cow            the overlay's sparse cache file (one block per page)
+
+The overlay's tracker is therefore the dirty set: DIRTY pages become the diff build's
+data, ZERO pages map to nil, untouched pages keep the parent's mapping.
+
+Mount choices (libfuse 3.14, kernel 6.x):
+
+* no ``direct_io``: QEMU needs MAP_SHARED, and a direct-I/O FUSE file refuses shared
+  mappings unless the server negotiates FUSE_DIRECT_IO_ALLOW_MMAP (libfuse >= 3.16);
+* ``kernel_cache``: the page cache survives opens, because every change to the file
+  passes through the kernel (no one else writes the overlay while mounted);
+* ``max_read`` is left unlimited: the kernel's ``max_pages`` (1 MiB here) caps a request,
+  and readahead of a sequential scan arrives in such requests;
+* ``auto_unmount``: a ``fusermount3`` helper unmounts if this process dies without
+  ``close``, so a crash never leaves a dead mount behind.
+
+Rules for callers, which the FUSE design imposes:
+
+* never touch a mapping of ``path`` from the process serving it while holding the GIL
+  (a Python thread faulting on it waits for a FUSE thread that waits for the GIL): map
+  it in a child process, as QEMU does. ``os.pread``/``os.fsync`` on it are fine: they
+  release the GIL;
+* stop the VM (or at least pause it and call ``sync``) before exporting, so every dirty
+  page has reached the overlay;
+* ``close`` unmounts, waits for the serving thread and deletes the cache file; a mount
+  still in use (QEMU running) is detached lazily and reported.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+from ember.block import BaseDevice, CowCache, Overlay
+from ember.errors import EmberError, UsageError
+from ember.header import HUGEPAGE_SIZE, PAGE_SIZE
+
+_log = logging.getLogger(__name__)
+
+MEMORY_FILE_NAME: Final = "memfile"
+MOUNT_TIMEOUT_S: Final = 10.0
+UNMOUNT_TIMEOUT_S: Final = 10.0
+READAHEAD_BYTES: Final = HUGEPAGE_SIZE
+_ROOT: Final = "/"
+
+
+class LazyMemoryError(EmberError):
+    """The memory file could not be mounted, served or unmounted."""
+
+
+@dataclass(frozen=True)
+class LazyMemoryStats:
+    """Traffic through the memory file since it was mounted.
+
+    ``base_reads`` / ``base_read_bytes`` count what reached the build (pages never
+    written here): the lazily loaded part of guest RAM.
+    """
+
+    reads: int
+    read_bytes: int
+    base_reads: int
+    base_read_bytes: int
+    writes: int
+    written_bytes: int
+
+
+class _Counters:
+    """Shared by the FUSE threads; one lock, taken once per request."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.reads = self.read_bytes = 0
+        self.base_reads = self.base_read_bytes = 0
+        self.writes = self.written_bytes = 0
+
+
+class _CountingDevice:
+    """The base device, counting what the overlay reads from it."""
+
+    def __init__(self, base: BaseDevice, counters: _Counters) -> None:
+        self._base = base
+        self._counters = counters
+
+    @property
+    def size(self) -> int:
+        return self._base.size
+
+    def readinto(self, buffer: bytearray | memoryview, offset: int) -> int:
+        count = self._base.readinto(buffer, offset)
+        with self._counters.lock:
+            self._counters.base_reads += 1
+            self._counters.base_read_bytes += count
+        return count
+
+
+class _MemoryFileSystem:
+    """The mfusepy operations of a filesystem holding one fixed-size file backed by ``overlay``.
+
+    mfusepy registers only the callbacks an operations object defines, so everything not
+    here (create, unlink, rename, ...) is refused by libfuse itself.
+    """
+
+    use_ns = True  # times in nanoseconds; mfusepy warns about float times otherwise
+
+    def __init__(self, overlay: Overlay, file_name: str, counters: _Counters, ready: threading.Event) -> None:
+        self._overlay = overlay
+        self._file = _ROOT + file_name
+        self._name = file_name
+        self._counters = counters
+        self._ready = ready
+        self._time_ns = time.time_ns()
+
+    def init(self, path: str) -> None:
+        _restore_default_signals()
+        self._ready.set()
+
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+        times = {"st_atime": self._time_ns, "st_mtime": self._time_ns, "st_ctime": self._time_ns}
+        if path == _ROOT:
+            return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2, **times}
+        self._require_file(path)
+        size = self._overlay.size
+        return {"st_mode": stat.S_IFREG | 0o600, "st_nlink": 1, "st_size": size, "st_blocks": size // 512, **times}
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        if path != _ROOT:
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        return [".", "..", self._name]
+
+    def open(self, path: str, flags: int) -> int:
+        self._require_file(path)
+        return 0
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        if offset >= self._overlay.size:
+            return b""
+        try:
+            data = self._overlay.read_at(offset, size)
+        except EmberError as exc:
+            _log.error("memory file read of %d bytes at %d failed: %s", size, offset, exc)
+            raise OSError(errno.EIO, str(exc)) from exc
+        with self._counters.lock:
+            self._counters.reads += 1
+            self._counters.read_bytes += len(data)
+        return data
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        if offset + len(data) > self._overlay.size:
+            raise OSError(errno.EFBIG, "the memory file has a fixed size")
+        try:
+            self._overlay.write_at(data, offset)
+        except EmberError as exc:
+            _log.error("memory file write of %d bytes at %d failed: %s", len(data), offset, exc)
+            raise OSError(errno.EIO, str(exc)) from exc
+        with self._counters.lock:
+            self._counters.writes += 1
+            self._counters.written_bytes += len(data)
+        return len(data)
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        self._require_file(path)
+        if length != self._overlay.size:
+            raise OSError(errno.EPERM, "the memory file has a fixed size")
+        return 0
+
+    def flush(self, path: str, fh: int) -> int:
+        return 0
+
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
+        return 0
+
+    def release(self, path: str, fh: int) -> int:
+        return 0
+
+    def _require_file(self, path: str) -> None:
+        if path != self._file:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+
+
+def _restore_default_signals() -> None:
+    """Undo libfuse's SIGHUP/SIGTERM handlers, which would end the mount instead of the process.
+
+    libfuse installs them only over SIG_DFL, and removes them only if still its own; so
+    where Python holds no handler of its own, putting SIG_DFL back leaves the process's
+    signal behaviour exactly as it was before the mount.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    libc.signal.restype = ctypes.c_void_p
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        if signal.getsignal(signum) in (signal.SIG_DFL, None):
+            libc.signal(signum, int(signal.SIG_DFL))
+
+
+def _raise_readahead(path: Path) -> None:
+    """Let sequential faults arrive as 2 MiB of readahead instead of the default 128 KiB.
+
+    The setting belongs to this mount's own backing device (``/sys/class/bdi/0:N``), so no
+    other file system is affected. It is written after a ``stat`` of the file has been
+    answered: the kernel only sends requests once FUSE INIT is done, and INIT would lower
+    it again. Without write access to sysfs the default stays (slower, still correct).
+    """
+    try:
+        device = os.stat(path).st_dev
+    except OSError as exc:
+        raise LazyMemoryError(f"the mounted memory file {path} cannot be looked up: {exc}") from exc
+    setting = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+    try:
+        setting.write_text(f"{READAHEAD_BYTES >> 10}\n")
+    except OSError as exc:
+        _log.debug("cannot raise the memory file's readahead (%s): %s", setting, exc)
+
+
+def _require_fuse() -> None:
+    if shutil.which("fusermount3") is None:
+        raise LazyMemoryError("fusermount3 not found: install the Debian package fuse3 (scripts/setup.sh)")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise LazyMemoryError("/dev/fuse is missing or not accessible: run as root on a kernel with FUSE")
+
+
+def is_mounted(path: Path) -> bool:
+    """Whether ``path`` is a mount point listed in /proc/mounts."""
+    target = os.fsencode(path.resolve()).replace(b" ", b"\\040")
+    with open("/proc/mounts", "rb") as mounts:
+        return any(len(fields) > 1 and fields[1] == target for fields in (line.split() for line in mounts))
+
+
+class LazyMemory:
+    """A mounted memory file over ``base`` (a memfile ``BuildFile``); ``path`` is what QEMU maps.
+
+    ``page_size`` (4 KiB or 2 MiB) is the dirty-tracking granularity, and must equal the
+    block size of the header a diff is exported against. The mount is live when the
+    constructor returns; ``close`` (or leaving the ``with`` block) ends it.
+    """
+
+    def __init__(
+        self, base: BaseDevice, work_dir: Path, page_size: int = PAGE_SIZE, *, file_name: str = MEMORY_FILE_NAME
+    ) -> None:
+        if page_size not in (PAGE_SIZE, HUGEPAGE_SIZE):
+            raise UsageError(f"page size {page_size} is neither {PAGE_SIZE} nor {HUGEPAGE_SIZE}: pick one")
+        if "/" in file_name or file_name in ("", ".", ".."):
+            raise UsageError(f"memory file name {file_name!r} must be a plain file name")
+        _require_fuse()
+        self._counters = _Counters()
+        cache = CowCache.create(work_dir, "memory", base.size, block_size=page_size)
+        self.overlay = Overlay(_CountingDevice(base, self._counters), cache)
+        self.mount_dir = Path(tempfile.mkdtemp(prefix="memory-", suffix=".mnt", dir=work_dir))
+        self.path = self.mount_dir / file_name
+        self._closed = False
+        self._failure: BaseException | None = None
+        ready = threading.Event()
+        operations = _MemoryFileSystem(self.overlay, file_name, self._counters, ready)
+        self._thread = threading.Thread(
+            target=self._serve, args=(operations,), name=f"fuse-{self.mount_dir.name}", daemon=True
+        )
+        self._thread.start()
+        try:
+            self._wait_mounted(ready)
+            _raise_readahead(self.path)
+        except BaseException:
+            self.close()
+            raise
+
+    def _serve(self, operations: _MemoryFileSystem) -> None:
+        import mfusepy  # noqa: PLC0415 - loads libfuse3 with ctypes; only hosts that mount need it
+
+        try:
+            mfusepy.FUSE(
+                operations,
+                str(self.mount_dir),
+                foreground=True,
+                nothreads=True,
+                kernel_cache=True,
+                auto_unmount=True,
+                fsname="ember-memory",
+                subtype="ember",
+            )
+        except BaseException as exc:  # reported by the constructor or close(), never lost
+            self._failure = exc
+
+    def _wait_mounted(self, ready: threading.Event) -> None:
+        deadline = time.monotonic() + MOUNT_TIMEOUT_S
+        while not ready.wait(0.01):
+            if not self._thread.is_alive():
+                raise LazyMemoryError(
+                    f"cannot mount the memory file at {self.mount_dir}: {self._failure or 'libfuse exited'}; "
+                    "check that /dev/fuse works and fuse3 (libfuse3.so.3) is installed"
+                )
+            if time.monotonic() > deadline:
+                raise LazyMemoryError(f"the memory file at {self.mount_dir} was not mounted within "
+                                      f"{MOUNT_TIMEOUT_S:.0f} s")
+
+    def __enter__(self) -> LazyMemory:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def size(self) -> int:
+        return self.overlay.size
+
+    @property
+    def page_size(self) -> int:
+        return self.overlay.block_size
+
+    def stats(self) -> LazyMemoryStats:
+        counters = self._counters
+        with counters.lock:
+            return LazyMemoryStats(
+                reads=counters.reads,
+                read_bytes=counters.read_bytes,
+                base_reads=counters.base_reads,
+                base_read_bytes=counters.base_read_bytes,
+                writes=counters.writes,
+                written_bytes=counters.written_bytes,
+            )
+
+    def sync(self) -> None:
+        """Have the kernel write every dirty page of the file back into the overlay.
+
+        Needed only while some process still maps the file (a paused VM): unmapping
+        (QEMU exiting) writes dirty pages back by itself.
+        """
+        if self._closed:
+            raise UsageError(f"the memory file at {self.mount_dir} is closed: sync before close")
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise LazyMemoryError(f"cannot write back the dirty pages of {self.path}: {exc}") from exc
+
+    def close(self, timeout_s: float = UNMOUNT_TIMEOUT_S) -> None:
+        """Unmount, wait for the FUSE thread, remove the mount point and the overlay's cache.
+
+        Runs every step even when one fails, and raises the first failure afterwards.
+        A file still in use is detached lazily (it disappears from /proc/mounts at once);
+        its serving thread then ends when the last user goes, and the cache stays until then.
+        Calling it again does nothing.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        problems: list[str] = []
+        if is_mounted(self.mount_dir):
+            busy = _fusermount(["-u"], self.mount_dir)
+            if busy is not None:
+                lazy = _fusermount(["-u", "-z"], self.mount_dir)
+                problems.append(f"the memory file was still in use ({busy}); detached lazily"
+                                + ("" if lazy is None else f", and that failed too: {lazy}"))
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            problems.append(f"its FUSE thread did not end within {timeout_s:.0f} s; stop the VM using it")
+        else:
+            try:
+                self.overlay.close()
+            except EmberError as exc:
+                problems.append(str(exc))
+        try:
+            self.mount_dir.rmdir()
+        except OSError as exc:
+            problems.append(f"cannot remove the mount point: {exc}")
+        if self._failure is not None:
+            problems.append(f"the FUSE loop failed: {self._failure!r}")
+        if problems:
+            raise LazyMemoryError(f"closing the memory file at {self.mount_dir}: " + "; ".join(problems))
+
+
+def _fusermount(options: list[str], mount_dir: Path) -> str | None:
+    """Run fusermount3; None on success, else what it said."""
+    try:
+        done = subprocess.run(
+            ["fusermount3", *options, str(mount_dir)], capture_output=True, text=True, check=False, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return None if done.returncode == 0 else done.stderr.strip() or f"exit {done.returncode}"
+

@@ -1,0 +1,141 @@
+"""envd's HTTP API against the bundled agent: health, init and access tokens, envs, files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from envd_agent import Agent, request, running_agent, unary_json
+
+from ember.envd import EnvdClient, EnvdError, build_agent
+
+TOKEN = "secret-token"
+ALL_BYTES = bytes(range(256)) + b"\r\n\r\n--boundary\r\n" + bytes(range(255, -1, -1))
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_agent(tmp_path_factory.mktemp("envd") / "envd")
+
+
+@pytest.fixture
+def agent(bundle: Path, tmp_path: Path) -> Iterator[Agent]:
+    with running_agent(bundle, tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def client(agent: Agent) -> EnvdClient:
+    return agent.client()
+
+
+def test_health_answers_204(client: EnvdClient) -> None:
+    assert client.health()
+
+
+def test_health_is_false_when_nothing_listens() -> None:
+    assert not EnvdClient("http://127.0.0.1:9").health()
+
+
+def test_after_init_with_a_token_requests_without_it_get_401_json(agent: Agent) -> None:
+    agent.client().init(access_token=TOKEN)
+    status, _, body = request(agent.url, "/envs", method="GET")
+    assert status == 401
+    assert json.loads(body)["code"] == 401
+    status, _, _ = request(agent.url, "/envs", method="GET", headers={"X-Access-Token": "wrong"})
+    assert status == 401
+    status, _, _ = request(agent.url, "/envs", method="GET", headers={"X-Access-Token": TOKEN})
+    assert status == 200
+    assert request(agent.url, "/health", method="GET")[0] == 204
+
+
+def test_rpc_without_the_token_is_unauthenticated(agent: Agent) -> None:
+    agent.client().init(access_token=TOKEN)
+    status, error = unary_json(agent.url, "process.Process/List", {})
+    assert (status, error["code"]) == (401, "unauthenticated")
+    with pytest.raises(EnvdError) as caught:
+        agent.client(access_token="wrong").list_processes()
+    assert caught.value.code == "unauthenticated"
+    assert agent.client(access_token=TOKEN).list_processes() == []
+
+
+def test_files_need_the_token_too(agent: Agent) -> None:
+    agent.client().init(access_token=TOKEN)
+    with pytest.raises(EnvdError) as caught:
+        agent.client().read_file("/etc/hostname")
+    assert caught.value.code == "unauthenticated"
+
+
+def test_the_token_cannot_be_replaced_without_presenting_it(agent: Agent) -> None:
+    agent.client().init(access_token=TOKEN)
+    with pytest.raises(EnvdError) as caught:
+        agent.client().init(access_token="other")
+    assert caught.value.code == "unauthenticated"
+    authorized = agent.client(access_token=TOKEN)
+    authorized.init(access_token="other")
+    assert authorized.access_token == "other"
+    assert authorized.envs()["HOME"] == str(agent.home)
+
+
+def test_envs_returns_the_init_env_vars(client: EnvdClient, agent: Agent) -> None:
+    client.init(env_vars={"A": "1"})
+    client.init(env_vars={"B": "2"})
+    assert client.envs() == {"HOME": str(agent.home), "A": "1", "B": "2"}
+
+
+def test_init_rejects_a_body_that_is_not_json(agent: Agent) -> None:
+    status, _, body = request(agent.url, "/init", b"{not json", {"Content-Type": "application/json"})
+    assert status == 400
+    assert json.loads(body)["code"] == 400
+
+
+def test_binary_file_round_trips_and_parents_are_created(client: EnvdClient, tmp_path: Path) -> None:
+    target = tmp_path / "new" / "dir" / "blob.bin"
+    client.write_file(str(target), ALL_BYTES)
+    assert target.read_bytes() == ALL_BYTES
+    assert client.read_file(str(target)) == ALL_BYTES
+
+
+def test_upload_replaces_an_existing_file(client: EnvdClient, tmp_path: Path) -> None:
+    target = tmp_path / "file.txt"
+    target.write_bytes(b"a much longer old content")
+    client.write_file(str(target), b"new")
+    assert target.read_bytes() == b"new"
+
+
+def test_download_of_a_missing_file_is_404(client: EnvdClient, tmp_path: Path) -> None:
+    with pytest.raises(EnvdError) as caught:
+        client.read_file(str(tmp_path / "missing"))
+    assert caught.value.code == "not_found"
+
+
+def test_octet_stream_upload_answers_with_the_written_entry(agent: Agent) -> None:
+    target = agent.home / "x.txt"
+    status, _, body = request(
+        agent.url, f"/files?path={target}", b"data", {"Content-Type": "application/octet-stream"}
+    )
+    assert status == 200
+    assert json.loads(body) == [{"path": str(target), "name": "x.txt", "type": "file"}]
+    assert target.read_bytes() == b"data"
+
+
+def test_multipart_with_several_files_uses_each_filename_as_path(agent: Agent, tmp_path: Path) -> None:
+    parts = b"".join(
+        b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="%s"\r\n\r\n%s\r\n'
+        % (str(tmp_path / name).encode(), content)
+        for name, content in (("one.txt", b"1"), ("two.bin", b"\x00\r\n2"))
+    )
+    status, _, body = request(agent.url, "/files", parts + b"--XyZ--\r\n",
+                              {"Content-Type": "multipart/form-data; boundary=XyZ"})  # fmt: skip
+    assert status == 200
+    assert [entry["name"] for entry in json.loads(body)] == ["one.txt", "two.bin"]
+    assert (tmp_path / "two.bin").read_bytes() == b"\x00\r\n2"
+
+
+def test_metrics_report_memory_and_disk(agent: Agent) -> None:
+    status, _, body = request(agent.url, "/metrics", method="GET")
+    metrics = json.loads(body)
+    assert status == 200
+    assert metrics["mem_total"] > 0 and metrics["disk_total"] > 0 and metrics["cpu_count"] >= 1
