@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STORAGE ?= .local-build
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo demo-formats test test-fast lint bench clean
 
 setup:
 	bash scripts/setup.sh
@@ -20,6 +20,9 @@ test-fast: lint
 
 demo: setup
 	bash scripts/demo.sh $(STORAGE)
+
+demo-formats: setup
+	bash scripts/demo-formats.sh $(STORAGE)
 
 bench: setup
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b --quick || exit 1; done

@@ -26,7 +26,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +78,9 @@ def touch(path: Path, pattern: str) -> Touch:
     return Touch(result["elapsed_s"], result["checksum"])
 
 
-def store_memfile(storage: LocalStorage, ram: Path, size_bytes: int, block_size: int, root: Path) -> uuid.UUID:
+def store_memfile(
+    storage: LocalStorage, ram: Path, size_bytes: int, block_size: int, root: Path
+) -> uuid.UUID:
     build = uuid.uuid4()
     data = root / f"memfile-{block_size}"
     header = export_memory(ram, size_bytes, block_size, build, data)
@@ -91,7 +92,9 @@ def store_memfile(storage: LocalStorage, ram: Path, size_bytes: int, block_size:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="64 MiB guest instead of 256 MiB")
     parser.add_argument("--runs", type=int, default=2, help="runs per scenario; the best is shown")
     args = parser.parse_args()
@@ -103,9 +106,14 @@ def main() -> None:
         ram = root / "ram.img"
         ram.write_bytes(rng.integers(1, 256, size_bytes, dtype=np.uint8).tobytes())
         storage = LocalStorage(root / "storage")
-        builds = {block: store_memfile(storage, ram, size_bytes, block, root) for block in (PAGE_SIZE, HUGEPAGE_SIZE)}
-        print(f"guest RAM {size_bytes >> 20} MiB, best of {args.runs} runs; ours = FUSE memory file, "
-              "baseline = plain file mmap (page cache warm)")
+        builds = {
+            block: store_memfile(storage, ram, size_bytes, block, root)
+            for block in (PAGE_SIZE, HUGEPAGE_SIZE)
+        }
+        print(
+            f"guest RAM {size_bytes >> 20} MiB, best of {args.runs} runs; ours = FUSE memory file, "
+            "baseline = plain file mmap (page cache warm)"
+        )
         print(f"{'scenario':44} {'ours':>22} {'baseline':>22} {'ratio':>7}")
         for label, pattern, block in (
             ("4 KiB faults, MADV_RANDOM, 4 KiB blocks", "random4k", PAGE_SIZE),

@@ -44,6 +44,7 @@ Rules for callers, which the FUSE design imposes:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -55,14 +56,15 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from ember.block import BaseDevice, CowCache, Overlay
+from ember.block import BaseDevice, CowCache, Overlay, export_diff
 from ember.errors import EmberError, UsageError
-from ember.header import HUGEPAGE_SIZE, PAGE_SIZE
+from ember.header import HUGEPAGE_SIZE, PAGE_SIZE, Header
 
 _log = logging.getLogger(__name__)
 
@@ -149,7 +151,13 @@ class _MemoryFileSystem:
             return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2, **times}
         self._require_file(path)
         size = self._overlay.size
-        return {"st_mode": stat.S_IFREG | 0o600, "st_nlink": 1, "st_size": size, "st_blocks": size // 512, **times}
+        return {
+            "st_mode": stat.S_IFREG | 0o600,
+            "st_nlink": 1,
+            "st_size": size,
+            "st_blocks": size // 512,
+            **times,
+        }
 
     def readdir(self, path: str, fh: int) -> list[str]:
         if path != _ROOT:
@@ -263,7 +271,12 @@ class LazyMemory:
     """
 
     def __init__(
-        self, base: BaseDevice, work_dir: Path, page_size: int = PAGE_SIZE, *, file_name: str = MEMORY_FILE_NAME
+        self,
+        base: BaseDevice,
+        work_dir: Path,
+        page_size: int = PAGE_SIZE,
+        *,
+        file_name: str = MEMORY_FILE_NAME,
     ) -> None:
         if page_size not in (PAGE_SIZE, HUGEPAGE_SIZE):
             raise UsageError(f"page size {page_size} is neither {PAGE_SIZE} nor {HUGEPAGE_SIZE}: pick one")
@@ -276,6 +289,8 @@ class LazyMemory:
         self.mount_dir = Path(tempfile.mkdtemp(prefix="memory-", suffix=".mnt", dir=work_dir))
         self.path = self.mount_dir / file_name
         self._closed = False
+        self._released = False
+        self._release_lock = threading.Lock()
         self._failure: BaseException | None = None
         ready = threading.Event()
         operations = _MemoryFileSystem(self.overlay, file_name, self._counters, ready)
@@ -287,11 +302,12 @@ class LazyMemory:
             self._wait_mounted(ready)
             _raise_readahead(self.path)
         except BaseException:
-            self.close()
+            with contextlib.suppress(EmberError):
+                self.close()
             raise
 
     def _serve(self, operations: _MemoryFileSystem) -> None:
-        import mfusepy  # noqa: PLC0415 - loads libfuse3 with ctypes; only hosts that mount need it
+        import mfusepy  # loads libfuse3 through ctypes: only processes that mount pay for it
 
         try:
             mfusepy.FUSE(
@@ -306,6 +322,9 @@ class LazyMemory:
             )
         except BaseException as exc:  # reported by the constructor or close(), never lost
             self._failure = exc
+        finally:
+            if self._closed:
+                self._release_overlay()
 
     def _wait_mounted(self, ready: threading.Event) -> None:
         deadline = time.monotonic() + MOUNT_TIMEOUT_S
@@ -316,8 +335,9 @@ class LazyMemory:
                     "check that /dev/fuse works and fuse3 (libfuse3.so.3) is installed"
                 )
             if time.monotonic() > deadline:
-                raise LazyMemoryError(f"the memory file at {self.mount_dir} was not mounted within "
-                                      f"{MOUNT_TIMEOUT_S:.0f} s")
+                raise LazyMemoryError(
+                    f"the memory file at {self.mount_dir} was not mounted within {MOUNT_TIMEOUT_S:.0f} s"
+                )
 
     def __enter__(self) -> LazyMemory:
         return self
@@ -367,10 +387,10 @@ class LazyMemory:
     def close(self, timeout_s: float = UNMOUNT_TIMEOUT_S) -> None:
         """Unmount, wait for the FUSE thread, remove the mount point and the overlay's cache.
 
-        Runs every step even when one fails, and raises the first failure afterwards.
-        A file still in use is detached lazily (it disappears from /proc/mounts at once);
-        its serving thread then ends when the last user goes, and the cache stays until then.
-        Calling it again does nothing.
+        Every step runs even when one fails; the failures are raised together afterwards.
+        A file still in use (a running VM) is detached lazily, so it leaves /proc/mounts at
+        once, and ``LazyMemoryError`` says so; its thread ends and deletes the cache when
+        the last user goes. Calling it again does nothing.
         """
         if self._closed:
             return
@@ -380,16 +400,14 @@ class LazyMemory:
             busy = _fusermount(["-u"], self.mount_dir)
             if busy is not None:
                 lazy = _fusermount(["-u", "-z"], self.mount_dir)
-                problems.append(f"the memory file was still in use ({busy}); detached lazily"
-                                + ("" if lazy is None else f", and that failed too: {lazy}"))
+                problems.append(
+                    f"it was still in use ({busy}) and was detached lazily"
+                    + ("" if lazy is None else f", which failed too: {lazy}")
+                    + "; stop the VM mapping it before closing"
+                )
         self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            problems.append(f"its FUSE thread did not end within {timeout_s:.0f} s; stop the VM using it")
-        else:
-            try:
-                self.overlay.close()
-            except EmberError as exc:
-                problems.append(str(exc))
+        if not self._thread.is_alive():
+            problems += self._release_overlay()
         try:
             self.mount_dir.rmdir()
         except OSError as exc:
@@ -398,6 +416,19 @@ class LazyMemory:
             problems.append(f"the FUSE loop failed: {self._failure!r}")
         if problems:
             raise LazyMemoryError(f"closing the memory file at {self.mount_dir}: " + "; ".join(problems))
+
+    def _release_overlay(self) -> list[str]:
+        """Delete the overlay's cache once; from ``close`` or from the thread when it ends late."""
+        with self._release_lock:
+            if self._released:
+                return []
+            self._released = True
+            try:
+                self.overlay.close()
+            except EmberError as exc:
+                _log.warning("cannot delete the memory overlay's cache: %s", exc)
+                return [str(exc)]
+        return []
 
 
 def _fusermount(options: list[str], mount_dir: Path) -> str | None:
@@ -410,3 +441,21 @@ def _fusermount(options: list[str], mount_dir: Path) -> str | None:
         return str(exc)
     return None if done.returncode == 0 else done.stderr.strip() or f"exit {done.returncode}"
 
+
+def export_memory_diff(
+    lazy: LazyMemory, parent_header: Header, new_build_id: uuid.UUID, out_path: Path
+) -> Header:
+    """Write the guest's dirty pages to ``out_path``; the memfile header of ``new_build_id``.
+
+    ``parent_header`` is the header of the build ``lazy`` was opened on. The VM must be
+    stopped or paused: dirty pages still in the page cache are written back first, so a
+    paused guest's latest writes are in the diff. Pages written with zeros map to nil
+    (the overlay turns an all-zero page into a hole), so the diff holds only non-zero pages.
+    """
+    if parent_header.metadata.block_size != lazy.page_size:
+        raise UsageError(
+            f"the parent memfile has {parent_header.metadata.block_size}-byte blocks but the memory file "
+            f"tracks {lazy.page_size}-byte pages: open LazyMemory with page_size = the header's block size"
+        )
+    lazy.sync()
+    return export_diff(lazy.overlay, parent_header, new_build_id, out_path)
