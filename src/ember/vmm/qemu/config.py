@@ -123,7 +123,9 @@ def qemu_version(binary: str = QEMU_BINARY) -> str:
     try:
         output = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
-        raise VmError(f"cannot run {binary} --version: {exc}; install qemu-system-x86 (scripts/setup.sh)") from exc
+        raise VmError(
+            f"cannot run {binary} --version: {exc}; install qemu-system-x86 (scripts/setup.sh)"
+        ) from exc
     match = re.search(r"version (\d+\.\d+(?:\.\d+)?)", output)
     if match is None:
         raise VmError(f"cannot read the QEMU version from {output.strip()!r}")
