@@ -14,6 +14,7 @@ from ember.vmm.qemu.config import (
 )
 from ember.vmm.qemu.process import QemuVm
 from ember.vmm.qemu.qmp import QmpClient
+from ember.vmm.qemu.snapfile import SavedMachine, machine_for_restore, read_header, saved_machine
 
 __all__ = [
     "GUEST_MAC",
@@ -25,7 +26,11 @@ __all__ = [
     "NicConfig",
     "QemuVm",
     "QmpClient",
+    "SavedMachine",
     "choose_accel",
+    "machine_for_restore",
     "qemu_argv",
     "qemu_version",
+    "read_header",
+    "saved_machine",
 ]

@@ -29,6 +29,7 @@ from ember.errors import EmberError, VmError
 from ember.vmm.base import VmSnapshot, VmState, require_state
 from ember.vmm.qemu.config import Accel, MachineConfig, choose_accel, qemu_argv
 from ember.vmm.qemu.qmp import QmpClient
+from ember.vmm.qemu.snapfile import read_header, saved_machine, write_header
 
 CONSOLE_FILE = "console.log"
 QMP_SOCKET = "qmp.sock"
@@ -62,12 +63,19 @@ class QemuVm:
             raise VmError(
                 "cannot restore a QEMU snapshot without a memory file: set MachineConfig.memory_file"
             )
+        saved, stream_offset = read_header(snapshot.state_path)
+        if saved != saved_machine(config):
+            raise VmError(
+                f"the snapshot was saved from a different machine ({saved}) than the one to restore "
+                f"({saved_machine(config)}): rebuild the config with machine_for_restore"
+            )
         vm = cls(config, run_dir, accel=accel)
         vm._spawn(incoming=True)
         qmp = vm._require_qmp()
+        stream = f"tail -c +{stream_offset + 1} {shlex.quote(str(snapshot.state_path))}"
         try:
             qmp.execute("migrate-set-capabilities", {"capabilities": [_IGNORE_SHARED]})
-            qmp.execute("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(snapshot.state_path))}"})
+            qmp.execute("migrate-incoming", {"uri": f"exec:{stream}"})
             vm._wait_migration("restore")
             qmp.execute("cont")
         except BaseException:
@@ -148,9 +156,10 @@ class QemuVm:
                 "cannot snapshot: guest RAM is not in a shared memory file; boot with "
                 "MachineConfig.memory_file=MemoryFileConfig(path, shared=True)"
             )
+        write_header(state_path, saved_machine(self.config))
         qmp = self._require_qmp()
         qmp.execute("migrate-set-capabilities", {"capabilities": [_IGNORE_SHARED]})
-        qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(state_path))}"})
+        qmp.execute("migrate", {"uri": f"exec:cat >> {shlex.quote(str(state_path))}"})
         self._wait_migration("snapshot")
         return VmSnapshot(
             state_path=state_path, memory_path=memory.path, memory_bytes=self.config.memory_bytes
