@@ -1,0 +1,334 @@
+"""One Firecracker process running one guest: spawn, configure, console, pause, snapshot, restore, stop.
+
+Files in the VM's run directory (one directory per VM)::
+
+    firecracker.sock     the API socket (removed by ``stop``)
+    console.log          the guest's serial port: Firecracker's stdout (truncated at spawn)
+    firecracker.log      Firecracker's own log (``--log-path``), quoted in errors
+    firecracker.stderr   anything Firecracker prints outside its logger (early panics)
+
+A cold boot sends the configuration in the seed's order: metrics, boot-source, drives,
+network-interfaces, mmds config, machine-config, vsock, then ``InstanceStart``. A restore is a
+fresh Firecracker that receives only ``PUT /snapshot/load``: the state file names the kernel,
+drives, taps and vsock socket, which must therefore be at the same paths (taps in the same
+network namespace) when it is loaded.
+
+Memory: a ``Full`` snapshot writes all guest RAM to its memory file; a ``Diff`` snapshot writes
+only the pages dirtied since the previous snapshot into a sparse file of the full size (merge
+it onto the previous memory file with ``merge_memory_diff``). Diffs need dirty-page tracking:
+``MachineConfig.track_dirty_pages`` on a cold boot, ``enable_diff_snapshots`` on a restore.
+
+Guarantee: every spawned Firecracker is reaped. ``stop()`` sends SIGTERM, then SIGKILL after
+``timeout_s``, always ``wait()``s, and removes the API and vsock sockets the VM created;
+``with FirecrackerVm(...)`` calls it on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from ember.errors import EmberError, VmError
+from ember.vmm.base import VmSnapshot, VmState, require_state
+from ember.vmm.firecracker.api import FirecrackerApi
+from ember.vmm.firecracker.config import (
+    FirecrackerConfig,
+    MemoryBackend,
+    MemoryBackendType,
+    SnapshotCreate,
+    SnapshotLoad,
+    SnapshotType,
+)
+
+API_SOCKET = "firecracker.sock"
+CONSOLE_FILE = "console.log"
+LOG_FILE = "firecracker.log"
+STDERR_FILE = "firecracker.stderr"
+MEMORY_SUFFIX = ".mem"
+_SOCKET_TIMEOUT_S = 10.0
+_POLL_INTERVAL_S = 0.005
+
+
+class FirecrackerVm:
+    """A Firecracker guest; see ``ember.vmm.base.Vm`` for the state machine it follows.
+
+    ``netns`` runs Firecracker inside that network namespace (``ip netns exec``), where the
+    taps of ``config.network_interfaces`` must exist.
+    """
+
+    def __init__(
+        self,
+        config: FirecrackerConfig | None,
+        run_dir: Path,
+        *,
+        binary: Path,
+        netns: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.binary = binary
+        self.netns = netns
+        self.name = name or (config.name if config is not None else "ember")
+        self.memory_bytes = config.machine.memory_bytes if config is not None else 0
+        self.api = FirecrackerApi(run_dir / API_SOCKET)
+        self._state = VmState.CREATED
+        self._process: subprocess.Popen[bytes] | None = None
+        self._owned_sockets: list[Path] = []
+
+    @classmethod
+    def restore(
+        cls,
+        snapshot: VmSnapshot,
+        run_dir: Path,
+        *,
+        binary: Path,
+        netns: str | None = None,
+        memory_backend: MemoryBackend | None = None,
+        enable_diff_snapshots: bool = False,
+        resume: bool = True,
+        load_timeout_s: float = 30.0,
+        name: str = "ember",
+    ) -> FirecrackerVm:
+        """A new Firecracker continuing the guest saved in ``snapshot`` (-> RUNNING, or PAUSED).
+
+        RAM comes from ``snapshot.memory_path`` mapped privately (the file is never written),
+        unless ``memory_backend`` names another source, e.g. a ``Uffd`` page server's socket:
+        that server must be serving before this returns, or the load times out.
+        ``enable_diff_snapshots`` lets this VM take Diff snapshots relative to the snapshot.
+        """
+        backend = memory_backend or MemoryBackend(MemoryBackendType.FILE, snapshot.memory_path)
+        vm = cls(None, run_dir, binary=binary, netns=netns, name=name)
+        vm.memory_bytes = snapshot.memory_bytes
+        vm._spawn()
+        try:
+            vm.api.load_snapshot(
+                SnapshotLoad(
+                    snapshot_path=snapshot.state_path,
+                    mem_backend=backend,
+                    enable_diff_snapshots=enable_diff_snapshots,
+                    resume_vm=resume,
+                ),
+                timeout_s=load_timeout_s,
+            )
+            vsock = vm.api.vm_config().get("vsock")
+            if isinstance(vsock, dict) and isinstance(vsock.get("uds_path"), str):
+                vm._owned_sockets.append(Path(vsock["uds_path"]))
+        except EmberError as exc:
+            diagnosis = vm._diagnosis()
+            vm.stop()
+            raise VmError(f"cannot restore {snapshot.state_path}: {exc}; {diagnosis}") from exc
+        except BaseException:
+            vm.stop()
+            raise
+        vm._state = VmState.RUNNING if resume else VmState.PAUSED
+        return vm
+
+    @property
+    def state(self) -> VmState:
+        if (
+            self._state is not VmState.STOPPED
+            and self._process is not None
+            and self._process.poll() is not None
+        ):
+            self._state = VmState.STOPPED
+        return self._state
+
+    @property
+    def console_path(self) -> Path:
+        return self.run_dir / CONSOLE_FILE
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / LOG_FILE
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def boot(self) -> None:
+        require_state(self.name, self.state, "boot", VmState.CREATED)
+        config = self.config
+        if config is None:
+            raise VmError(f"cannot boot VM {self.name}: it has no config (restored VMs are already running)")
+        self._spawn()
+        try:
+            self._configure(config)
+            self.api.start_instance()
+        except EmberError as exc:
+            diagnosis = self._diagnosis()
+            self.stop()
+            raise VmError(f"Firecracker VM {self.name} did not start: {exc}; {diagnosis}") from exc
+        except BaseException:
+            self.stop()
+            raise
+        self._state = VmState.RUNNING
+
+    def wait_for_console(self, marker: str, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for line in self._console_text().splitlines():
+                if marker in line:
+                    return line
+            if self._process is None or self._process.poll() is not None:
+                raise VmError(f"Firecracker exited before the guest printed {marker!r}; {self._diagnosis()}")
+            if time.monotonic() >= deadline:
+                raise VmError(
+                    f"the guest did not print {marker!r} within {timeout_s:.1f} s; {self._diagnosis()}"
+                )
+            time.sleep(_POLL_INTERVAL_S * 4)
+
+    def wait_exit(self, timeout_s: float) -> int:
+        if self._process is None:
+            raise VmError(f"cannot wait for VM {self.name}: it was never booted")
+        try:
+            status = self._process.wait(timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            raise VmError(
+                f"the guest did not power off within {timeout_s:.0f} s; {self._diagnosis()}; call stop()"
+            ) from exc
+        self._finish()
+        return status
+
+    def pause(self) -> None:
+        require_state(self.name, self.state, "pause", VmState.RUNNING)
+        self.api.pause_vm()
+        self._state = VmState.PAUSED
+
+    def resume(self) -> None:
+        require_state(self.name, self.state, "resume", VmState.PAUSED)
+        self.api.resume_vm()
+        self._state = VmState.RUNNING
+
+    def snapshot(
+        self,
+        state_path: Path,
+        memory_path: Path | None = None,
+        kind: SnapshotType = SnapshotType.FULL,
+    ) -> VmSnapshot:
+        """Save the paused guest: device state to ``state_path``, RAM to ``memory_path``.
+
+        ``memory_path`` defaults to ``state_path`` + ``.mem``. For ``kind=DIFF`` the memory
+        file holds only the pages dirtied since the previous snapshot (or the restore).
+        """
+        require_state(self.name, self.state, "snapshot", VmState.PAUSED)
+        memory = memory_path or state_path.with_name(state_path.name + MEMORY_SUFFIX)
+        self.api.create_snapshot(SnapshotCreate(state_path, memory, kind))
+        return VmSnapshot(state_path=state_path, memory_path=memory, memory_bytes=self.memory_bytes)
+
+    def stop(self, timeout_s: float = 5.0) -> int:
+        process = self._process
+        if process is None:
+            self._finish()
+            return 0
+        if process.poll() is None:
+            process.terminate()
+        try:
+            status = process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            status = process.wait()
+        self._finish()
+        return status
+
+    def __enter__(self) -> FirecrackerVm:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _spawn(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        api_socket = self.run_dir / API_SOCKET
+        api_socket.unlink(missing_ok=True)
+        self._owned_sockets.append(api_socket)
+        self.log_path.write_bytes(b"")  # Firecracker refuses a --log-path that does not exist
+        argv = [str(self.binary), "--api-sock", str(api_socket), "--log-path", str(self.log_path)]
+        argv += ["--level", "Info"]
+        if self.netns is not None:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
+        try:
+            with (
+                self.console_path.open("wb") as console,
+                (self.run_dir / STDERR_FILE).open("wb") as stderr,
+            ):
+                self._process = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=console, stderr=stderr
+                )
+        except OSError as exc:
+            raise VmError(
+                f"cannot start {argv[0]}: {exc}; provision Firecracker "
+                "(ember.vmm.firecracker.provision_firecracker) and install iproute2 for netns"
+            ) from exc
+        try:
+            self._wait_for_socket(api_socket)
+        except EmberError as exc:
+            diagnosis = self._diagnosis()
+            self.stop()
+            raise VmError(f"Firecracker did not come up: {exc}; {diagnosis}") from exc
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_for_socket(self, path: Path) -> None:
+        deadline = time.monotonic() + _SOCKET_TIMEOUT_S
+        while True:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(str(path))
+                    return
+                except OSError as exc:
+                    process = self._process
+                    if process is None or process.poll() is not None:
+                        raise VmError(f"Firecracker exited before opening {path}") from exc
+                    if time.monotonic() >= deadline:
+                        raise VmError(f"{path} did not accept within {_SOCKET_TIMEOUT_S:.0f} s") from exc
+            time.sleep(_POLL_INTERVAL_S)
+
+    def _configure(self, config: FirecrackerConfig) -> None:
+        if config.metrics is not None:
+            self.api.put_metrics(config.metrics)
+        self.api.put_boot_source(config.boot_source)
+        for drive in config.drives:
+            self.api.put_drive(drive)
+        for interface in config.network_interfaces:
+            self.api.put_network_interface(interface)
+        if config.mmds is not None:
+            self.api.put_mmds_config(config.mmds)
+        self.api.put_machine_config(config.machine)
+        if config.vsock is not None:
+            self._owned_sockets.append(config.vsock.uds_path)
+            self.api.put_vsock(config.vsock)
+
+    def _finish(self) -> None:
+        self._state = VmState.STOPPED
+        for path in self._owned_sockets:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._owned_sockets.clear()
+
+    def _console_text(self) -> str:
+        try:
+            return self.console_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _diagnosis(self) -> str:
+        console = self._console_text().strip().splitlines()[-3:]
+        parts = [f"console {self.console_path}: " + (" | ".join(console) if console else "(empty)")]
+        for path in (self.log_path, self.run_dir / STDERR_FILE):
+            try:
+                lines = path.read_text(errors="replace").strip().splitlines()
+            except FileNotFoundError:
+                continue
+            # Firecracker logs every API call at Info; the errors are what explain a failure.
+            wanted = [line for line in lines if "ERROR" in line or "Error" in line][-3:] or lines[-2:]
+            if wanted:
+                parts.append(f"{path.name}: " + " | ".join(wanted))
+        return "; ".join(parts)
