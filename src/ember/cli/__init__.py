@@ -19,6 +19,8 @@ from ember.errors import EmberError, UsageError
 __all__ = ["COMMANDS", "main"]
 
 COMMANDS: dict[str, str] = {
+    "create-build": "ember.cli.create_build",
+    "resume-build": "ember.cli.resume_build",
     "inspect-build": "ember.cli.inspect_build",
     "show-build-diff": "ember.cli.show_build_diff",
     "copy-build": "ember.cli.copy_build",

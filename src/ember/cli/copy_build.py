@@ -94,13 +94,13 @@ def seed_sql(options: argparse.Namespace, env_id: str, destination: Storage) -> 
             f"metadata.json of build {options.build} lacks kernel_version or firecracker_version, "
             "so the SQL cannot be generated; the build was copied"
         )
-    values = [_quote(v) for v in (options.build, env_id, kernel, firecracker, options.envd_version)]
+    values = [_quote(str(v)) for v in (options.build, env_id, kernel, firecracker, options.envd_version)]
     build, env, kernel_sql, firecracker_sql, envd = values
     return "\n".join(
         [
             "BEGIN;",
             "INSERT INTO public.envs (id, team_id, updated_at, public, source) VALUES "
-            f"({env}, {_quote(options.team)}, NOW(), FALSE, 'template');",
+            f"({env}, {_quote(str(options.team))}, NOW(), FALSE, 'template');",
             "INSERT INTO public.env_builds (id, env_id, updated_at, finished_at, status, ram_mb, vcpu, "
             "kernel_version, firecracker_version, envd_version, free_disk_size_mb, total_disk_size_mb) "
             "VALUES "

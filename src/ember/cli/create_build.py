@@ -11,7 +11,7 @@ from ember.cli.flags import FlagParser, build_id, non_negative
 from ember.errors import UsageError
 from ember.sandbox.create import CreateOptions, CreateReport, create_build
 from ember.storage import MEMFILE, METADATA, ROOTFS, SNAPFILE, BuildPaths, LocalStorage, Storage, open_storage
-from ember.vmm.select import choose_vmm
+from ember.vmm.select import VmmName, choose_vmm
 
 SUMMARY = "boot a template, run its start command, and snapshot it into a new build"
 
@@ -88,9 +88,9 @@ def build_parser() -> FlagParser:
 def run(options: argparse.Namespace) -> int:
     if options.v:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    vmm, reason = choose_vmm(options.vmm)
-    print(f"VMM: {vmm} ({reason})")
-    if vmm != "qemu":
+    choice = choose_vmm(options.vmm)
+    print(f"VMM: {choice.name.value} ({choice.reason})")
+    if choice.name is not VmmName.QEMU:
         raise UsageError(
             "create-build boots Linux guests with QEMU only for now; Firecracker runs only tiny guests "
             "on hosts whose KVM cannot run Linux: pass -vmm qemu"

@@ -105,10 +105,10 @@ class FlagParser(argparse.ArgumentParser):
         raise UsageError(f"{message}; run '{self.prog} -help' for the flags")
 
 
-def build_id(text: str) -> str:
+def build_id(text: str) -> uuid.UUID:
     """Argument type for build ids: the seed refuses anything but a UUID, and so do we."""
     try:
-        return str(uuid.UUID(text))
+        return uuid.UUID(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a build id: expected a UUID such as the output of uuidgen"

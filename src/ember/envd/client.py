@@ -19,7 +19,7 @@ import json
 import secrets
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -34,6 +34,7 @@ HEALTH_ATTEMPT_TIMEOUT_S = 0.05
 STREAM_KEEPALIVE_S = 5
 _PROTO = Encoding.PROTO
 OutputCallback = Callable[[bytes], None]
+_Stream = Generator[Message, None, None]
 
 
 class EnvdError(EmberError):
@@ -56,7 +57,7 @@ _HINTS = {
 class ProcessHandle:
     """A started (or re-attached) process: its output stream and what can be sent to it."""
 
-    def __init__(self, client: EnvdClient, pid: int, events: Iterator[Message], user: str) -> None:
+    def __init__(self, client: EnvdClient, pid: int, events: _Stream, user: str) -> None:
         self.pid = pid
         self._client = client
         self._events = events
@@ -81,6 +82,7 @@ class ProcessHandle:
                         on_stderr(data["stderr"])
             end = event.get("end")
             if end is not None:
+                self.close()
                 return ProcessResult(
                     self.pid, int(end.get("exit_code", 0)), bytes(stdout), bytes(stderr),
                     end.get("status", ""), end.get("error"),
@@ -105,9 +107,7 @@ class ProcessHandle:
 
     def close(self) -> None:
         """Stop listening; the process keeps running."""
-        close = getattr(self._events, "close", None)
-        if close is not None:
-            close()
+        self._events.close()
 
     def _selector(self, message: Message) -> Message:
         return {"process": {"pid": self.pid}, **message}
@@ -161,6 +161,7 @@ class EnvdClient:
         except (OSError, http.client.HTTPException) as exc:
             raise EnvdError(operation or path, "unavailable", f"reading the reply failed: {exc}") from exc
         finally:
+            response.close()
             connection.close()
 
     # ---- plain HTTP API -------------------------------------------------------------
@@ -260,7 +261,7 @@ class EnvdClient:
             raise _rpc_error(method, status, reply)
         return _decode(method, response_type, reply)
 
-    def stream(self, method: str, request: Message, user: str | None, timeout_s: float) -> Iterator[Message]:
+    def stream(self, method: str, request: Message, user: str | None, timeout_s: float) -> _Stream:
         """Call a server-streaming RPC; yields each response message until the stream ends."""
         request_type, response_type = _message_types(method)
         headers = {
@@ -300,6 +301,7 @@ class EnvdClient:
         messages = self.stream(method, request, user, timeout_s)
         first = next(messages, {}).get("event", {})
         if "start" not in first:
+            messages.close()
             raise EnvdError(method, "data_loss", f"stream began with {first!r} instead of a start event")
         return ProcessHandle(self, int(first["start"].get("pid", 0)), messages, user or "root")
 
@@ -359,7 +361,7 @@ def _read_stream(
     connection: http.client.HTTPConnection,
     response: http.client.HTTPResponse,
     response_type: str,
-) -> Iterator[Message]:
+) -> _Stream:
     try:
         if response.status != 200:
             raise _rpc_error(method, response.status, response.read())
@@ -380,6 +382,7 @@ def _read_stream(
     except (OSError, http.client.HTTPException) as exc:
         raise EnvdError(method, "unavailable", f"the stream broke: {exc}") from exc
     finally:
+        response.close()
         connection.close()
 
 

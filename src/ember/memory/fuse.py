@@ -25,10 +25,16 @@ Mount choices (libfuse 3.14, kernel 6.x):
   mappings unless the server negotiates FUSE_DIRECT_IO_ALLOW_MMAP (libfuse >= 3.16);
 * ``kernel_cache``: the page cache survives opens, because every change to the file
   passes through the kernel (no one else writes the overlay while mounted);
-* ``max_read`` is left unlimited: the kernel's ``max_pages`` (1 MiB here) caps a request,
-  and readahead of a sequential scan arrives in such requests;
+* ``max_read`` is left unlimited: the kernel's ``max_pages`` (1 MiB here) caps a request;
+  readahead is raised from 128 KiB to 2 MiB on the mount's own backing device, so a
+  sequential scan arrives as 1 MiB reads (big writes are always on in FUSE 3; writeback
+  of dirty pages also arrives in runs of up to 1 MiB);
+* one loop thread (``-s``): every callback needs the GIL anyway, and a single thread
+  served 4 KiB faults about twice as fast as libfuse's thread pool here;
 * ``auto_unmount``: a ``fusermount3`` helper unmounts if this process dies without
-  ``close``, so a crash never leaves a dead mount behind.
+  ``close``, so a crash never leaves a dead mount behind;
+* libfuse's SIGHUP/SIGTERM handlers are removed again at INIT: a library must not turn
+  the host process's SIGTERM into "unmount and carry on".
 
 Rules for callers, which the FUSE design imposes:
 
@@ -39,25 +45,22 @@ Rules for callers, which the FUSE design imposes:
 * stop the VM (or at least pause it and call ``sync``) before exporting, so every dirty
   page has reached the overlay;
 * ``close`` unmounts, waits for the serving thread and deletes the cache file; a mount
-  still in use (QEMU running) is detached lazily and reported.
+  still in use (QEMU running) is detached lazily, then its connection aborted, and
+  reported. This process must not keep the file open past ``close``: at exit it would
+  wait forever on a flush that no thread serves.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import logging
 import os
 import shutil
-import signal
-import stat
 import subprocess
 import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -65,6 +68,7 @@ from typing import Final
 from ember.block import BaseDevice, CowCache, Overlay, export_diff
 from ember.errors import EmberError, UsageError
 from ember.header import HUGEPAGE_SIZE, PAGE_SIZE, Header
+from ember.memory.filesystem import CountingDevice, LazyMemoryStats, MemoryFileSystem, TrafficCounters
 
 _log = logging.getLogger(__name__)
 
@@ -72,180 +76,53 @@ MEMORY_FILE_NAME: Final = "memfile"
 MOUNT_TIMEOUT_S: Final = 10.0
 UNMOUNT_TIMEOUT_S: Final = 10.0
 READAHEAD_BYTES: Final = HUGEPAGE_SIZE
-_ROOT: Final = "/"
+FUSECTL_DIR: Final = Path("/sys/fs/fuse/connections")
 
 
 class LazyMemoryError(EmberError):
     """The memory file could not be mounted, served or unmounted."""
 
 
-@dataclass(frozen=True)
-class LazyMemoryStats:
-    """Traffic through the memory file since it was mounted.
-
-    ``base_reads`` / ``base_read_bytes`` count what reached the build (pages never
-    written here): the lazily loaded part of guest RAM.
-    """
-
-    reads: int
-    read_bytes: int
-    base_reads: int
-    base_read_bytes: int
-    writes: int
-    written_bytes: int
-
-
-class _Counters:
-    """Shared by the FUSE threads; one lock, taken once per request."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.reads = self.read_bytes = 0
-        self.base_reads = self.base_read_bytes = 0
-        self.writes = self.written_bytes = 0
-
-
-class _CountingDevice:
-    """The base device, counting what the overlay reads from it."""
-
-    def __init__(self, base: BaseDevice, counters: _Counters) -> None:
-        self._base = base
-        self._counters = counters
-
-    @property
-    def size(self) -> int:
-        return self._base.size
-
-    def readinto(self, buffer: bytearray | memoryview, offset: int) -> int:
-        count = self._base.readinto(buffer, offset)
-        with self._counters.lock:
-            self._counters.base_reads += 1
-            self._counters.base_read_bytes += count
-        return count
-
-
-class _MemoryFileSystem:
-    """The mfusepy operations of a filesystem holding one fixed-size file backed by ``overlay``.
-
-    mfusepy registers only the callbacks an operations object defines, so everything not
-    here (create, unlink, rename, ...) is refused by libfuse itself.
-    """
-
-    use_ns = True  # times in nanoseconds; mfusepy warns about float times otherwise
-
-    def __init__(self, overlay: Overlay, file_name: str, counters: _Counters, ready: threading.Event) -> None:
-        self._overlay = overlay
-        self._file = _ROOT + file_name
-        self._name = file_name
-        self._counters = counters
-        self._ready = ready
-        self._time_ns = time.time_ns()
-
-    def init(self, path: str) -> None:
-        _restore_default_signals()
-        self._ready.set()
-
-    def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
-        times = {"st_atime": self._time_ns, "st_mtime": self._time_ns, "st_ctime": self._time_ns}
-        if path == _ROOT:
-            return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2, **times}
-        self._require_file(path)
-        size = self._overlay.size
-        return {
-            "st_mode": stat.S_IFREG | 0o600,
-            "st_nlink": 1,
-            "st_size": size,
-            "st_blocks": size // 512,
-            **times,
-        }
-
-    def readdir(self, path: str, fh: int) -> list[str]:
-        if path != _ROOT:
-            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-        return [".", "..", self._name]
-
-    def open(self, path: str, flags: int) -> int:
-        self._require_file(path)
-        return 0
-
-    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        if offset >= self._overlay.size:
-            return b""
-        try:
-            data = self._overlay.read_at(offset, size)
-        except EmberError as exc:
-            _log.error("memory file read of %d bytes at %d failed: %s", size, offset, exc)
-            raise OSError(errno.EIO, str(exc)) from exc
-        with self._counters.lock:
-            self._counters.reads += 1
-            self._counters.read_bytes += len(data)
-        return data
-
-    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
-        if offset + len(data) > self._overlay.size:
-            raise OSError(errno.EFBIG, "the memory file has a fixed size")
-        try:
-            self._overlay.write_at(data, offset)
-        except EmberError as exc:
-            _log.error("memory file write of %d bytes at %d failed: %s", len(data), offset, exc)
-            raise OSError(errno.EIO, str(exc)) from exc
-        with self._counters.lock:
-            self._counters.writes += 1
-            self._counters.written_bytes += len(data)
-        return len(data)
-
-    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
-        self._require_file(path)
-        if length != self._overlay.size:
-            raise OSError(errno.EPERM, "the memory file has a fixed size")
-        return 0
-
-    def flush(self, path: str, fh: int) -> int:
-        return 0
-
-    def fsync(self, path: str, datasync: int, fh: int) -> int:
-        return 0
-
-    def release(self, path: str, fh: int) -> int:
-        return 0
-
-    def _require_file(self, path: str) -> None:
-        if path != self._file:
-            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
-
-
-def _restore_default_signals() -> None:
-    """Undo libfuse's SIGHUP/SIGTERM handlers, which would end the mount instead of the process.
-
-    libfuse installs them only over SIG_DFL, and removes them only if still its own; so
-    where Python holds no handler of its own, putting SIG_DFL back leaves the process's
-    signal behaviour exactly as it was before the mount.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
-    libc.signal.restype = ctypes.c_void_p
-    for signum in (signal.SIGHUP, signal.SIGTERM):
-        if signal.getsignal(signum) in (signal.SIG_DFL, None):
-            libc.signal(signum, int(signal.SIG_DFL))
-
-
-def _raise_readahead(path: Path) -> None:
+def _raise_readahead(device: int) -> None:
     """Let sequential faults arrive as 2 MiB of readahead instead of the default 128 KiB.
 
     The setting belongs to this mount's own backing device (``/sys/class/bdi/0:N``), so no
-    other file system is affected. It is written after a ``stat`` of the file has been
-    answered: the kernel only sends requests once FUSE INIT is done, and INIT would lower
-    it again. Without write access to sysfs the default stays (slower, still correct).
+    other file system is affected. Call it once a request has been answered: the kernel
+    sends requests only after FUSE INIT, and INIT would lower the setting again. Without
+    write access to sysfs the default stays (slower, still correct).
     """
-    try:
-        device = os.stat(path).st_dev
-    except OSError as exc:
-        raise LazyMemoryError(f"the mounted memory file {path} cannot be looked up: {exc}") from exc
     setting = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
     try:
         setting.write_text(f"{READAHEAD_BYTES >> 10}\n")
     except OSError as exc:
         _log.debug("cannot raise the memory file's readahead (%s): %s", setting, exc)
+
+
+def _abort_connection(device: int) -> str | None:
+    """Abort the FUSE connection of ``device`` (fusectl); None on success, else why not.
+
+    The last resort of ``close``: every request still waiting, and every later one, fails
+    at once (a process mapping the file gets SIGBUS on its next miss), so the serving thread
+    can end. fusectl is mounted at its usual place if nothing mounted it yet.
+    """
+    try:
+        listed = any(FUSECTL_DIR.iterdir())
+    except OSError as exc:
+        return f"cannot abort the FUSE connection: {FUSECTL_DIR} is unusable ({exc})"
+    if not listed:
+        mounted = subprocess.run(
+            ["mount", "-t", "fusectl", "fusectl", str(FUSECTL_DIR)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if mounted.returncode != 0:
+            return f"cannot mount fusectl: {mounted.stderr.strip()}"
+    try:
+        (FUSECTL_DIR / str(os.minor(device)) / "abort").write_text("1\n")
+    except OSError as exc:
+        return f"cannot abort FUSE connection {os.minor(device)}: {exc}"
+    return None
 
 
 def _require_fuse() -> None:
@@ -283,30 +160,32 @@ class LazyMemory:
         if "/" in file_name or file_name in ("", ".", ".."):
             raise UsageError(f"memory file name {file_name!r} must be a plain file name")
         _require_fuse()
-        self._counters = _Counters()
+        self._counters = TrafficCounters()
         cache = CowCache.create(work_dir, "memory", base.size, block_size=page_size)
-        self.overlay = Overlay(_CountingDevice(base, self._counters), cache)
+        self.overlay = Overlay(CountingDevice(base, self._counters), cache)
         self.mount_dir = Path(tempfile.mkdtemp(prefix="memory-", suffix=".mnt", dir=work_dir))
         self.path = self.mount_dir / file_name
         self._closed = False
         self._released = False
         self._release_lock = threading.Lock()
         self._failure: BaseException | None = None
+        self._device: int | None = None
         ready = threading.Event()
-        operations = _MemoryFileSystem(self.overlay, file_name, self._counters, ready)
+        operations = MemoryFileSystem(self.overlay, file_name, self._counters, ready)
         self._thread = threading.Thread(
             target=self._serve, args=(operations,), name=f"fuse-{self.mount_dir.name}", daemon=True
         )
         self._thread.start()
         try:
             self._wait_mounted(ready)
-            _raise_readahead(self.path)
+            self._device = self._stat_device()
+            _raise_readahead(self._device)
         except BaseException:
             with contextlib.suppress(EmberError):
                 self.close()
             raise
 
-    def _serve(self, operations: _MemoryFileSystem) -> None:
+    def _serve(self, operations: MemoryFileSystem) -> None:
         import mfusepy  # loads libfuse3 through ctypes: only processes that mount pay for it
 
         try:
@@ -339,6 +218,13 @@ class LazyMemory:
                     f"the memory file at {self.mount_dir} was not mounted within {MOUNT_TIMEOUT_S:.0f} s"
                 )
 
+    def _stat_device(self) -> int:
+        """The mount's device number; answering the stat also proves FUSE INIT is done."""
+        try:
+            return os.stat(self.path).st_dev
+        except OSError as exc:
+            raise LazyMemoryError(f"the mounted memory file {self.path} cannot be looked up: {exc}") from exc
+
     def __enter__(self) -> LazyMemory:
         return self
 
@@ -356,16 +242,8 @@ class LazyMemory:
         return self.overlay.block_size
 
     def stats(self) -> LazyMemoryStats:
-        counters = self._counters
-        with counters.lock:
-            return LazyMemoryStats(
-                reads=counters.reads,
-                read_bytes=counters.read_bytes,
-                base_reads=counters.base_reads,
-                base_read_bytes=counters.base_read_bytes,
-                writes=counters.writes,
-                written_bytes=counters.written_bytes,
-            )
+        """Traffic through the file so far (``base_read_bytes``: what was loaded lazily)."""
+        return self._counters.stats()
 
     def sync(self) -> None:
         """Have the kernel write every dirty page of the file back into the overlay.
@@ -389,8 +267,9 @@ class LazyMemory:
 
         Every step runs even when one fails; the failures are raised together afterwards.
         A file still in use (a running VM) is detached lazily, so it leaves /proc/mounts at
-        once, and ``LazyMemoryError`` says so; its thread ends and deletes the cache when
-        the last user goes. Calling it again does nothing.
+        once; if its users still hold it after ``timeout_s``, the FUSE connection is aborted
+        so that no process (this one at exit included) waits on it forever. Either way
+        ``LazyMemoryError`` says what happened. Calling it again does nothing.
         """
         if self._closed:
             return
@@ -406,6 +285,10 @@ class LazyMemory:
                     + "; stop the VM mapping it before closing"
                 )
         self._thread.join(timeout_s)
+        if self._thread.is_alive() and self._device is not None:
+            aborted = _abort_connection(self._device)
+            problems.append("its FUSE connection was aborted" if aborted is None else aborted)
+            self._thread.join(timeout_s)
         if not self._thread.is_alive():
             problems += self._release_overlay()
         try:

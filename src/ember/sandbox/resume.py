@@ -123,6 +123,7 @@ class RunningSandbox:
         self._stack = contextlib.ExitStack()
         try:
             self.work_dir = work_dir
+            work_dir.mkdir(parents=True, exist_ok=True)
             self.slot: Slot = pool.acquire()
             self._stack.callback(pool.release, self.slot)
             self.rootfs = self._stack.enter_context(

@@ -1,4 +1,5 @@
 import argparse
+import uuid
 
 import pytest
 
@@ -30,7 +31,7 @@ UUID = "8c4b2e5e-5f4a-4e0b-9a44-1b1f0b6b2a10"
     ],
 )
 def test_every_go_and_gnu_spelling_of_a_value_flag_works(argv: list[str]) -> None:
-    assert _parser().parse_args(argv).to_build == UUID
+    assert _parser().parse_args(argv).to_build == uuid.UUID(UUID)
 
 
 def test_go_boolean_forms() -> None:

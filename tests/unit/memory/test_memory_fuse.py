@@ -14,7 +14,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ import pytest
 from ember.block import BlockState
 from ember.build import BuildFile
 from ember.errors import UsageError
-from ember.header import HUGEPAGE_SIZE, NIL_UUID, PAGE_SIZE, Header, serialize_header
+from ember.header import HUGEPAGE_SIZE, NIL_UUID, PAGE_SIZE, DiffMetadata, Header, serialize_header
 from ember.memory import LazyMemory, LazyMemoryError, export_memory, export_memory_diff, is_mounted
 from ember.storage import MEMFILE, BuildPaths, MemoryStorage
 
@@ -49,6 +49,9 @@ m.close()
 os.close(fd)
 print(json.dumps(seen))
 """
+
+
+HOLD = "import sys; f = open(sys.argv[1], 'rb'); print('open', flush=True); sys.stdin.read()"
 
 
 def in_child(path: Path, **plan: object) -> dict[str, str]:
@@ -119,8 +122,6 @@ def _chain(tmp_path: Path, block_size: int) -> Chain:
     changed = ram.copy()
     changed[SIZE // 2 :] = rng.integers(1, 256, SIZE // 2, dtype=np.uint8)
     (tmp_path / "child.data").write_bytes(changed[SIZE // 2 :].tobytes())
-    from ember.header import DiffMetadata
-
     top = uuid.uuid4()
     first, end = SIZE // 2 // block_size, SIZE // block_size
     dirty = np.arange(first, end, dtype=np.uint64)
@@ -167,7 +168,9 @@ def test_only_the_pages_a_guest_touches_are_read_from_storage(chain: Chain, lazy
     assert lazy.stats().base_read_bytes == 3 * PAGE_SIZE
 
 
-def test_guest_writes_become_dirty_pages_and_zeroed_pages_become_empty(chain: Chain, lazy: LazyMemory) -> None:
+def test_guest_writes_become_dirty_pages_and_zeroed_pages_become_empty(
+    chain: Chain, lazy: LazyMemory
+) -> None:
     in_child(lazy.path, writes=[(10 * PAGE_SIZE, 0xAB, 100), (PAGES // 2 * PAGE_SIZE, 0, PAGE_SIZE)])
     assert lazy.overlay.tracker.state_of(10) is BlockState.DIRTY
     assert lazy.overlay.tracker.state_of(PAGES // 2) is BlockState.ZERO
@@ -176,14 +179,21 @@ def test_guest_writes_become_dirty_pages_and_zeroed_pages_become_empty(chain: Ch
     assert dirty.tolist() == [10]
     assert empty.tolist() == [PAGES // 2]
     assert lazy.stats().written_bytes >= 2 * PAGE_SIZE
-    assert os.pread(os.open(lazy.path, os.O_RDONLY), 4, 10 * PAGE_SIZE) == b"\xab" * 4
+    fd = os.open(lazy.path, os.O_RDONLY)  # a syscall, not a fault: safe from the serving process
+    try:
+        assert os.pread(fd, 4, 10 * PAGE_SIZE) == b"\xab" * 4
+    finally:
+        os.close(fd)
 
 
 def test_an_exported_diff_layers_over_the_parent_and_reads_as_the_written_image(
     tmp_path: Path, chain: Chain, lazy: LazyMemory
 ) -> None:
-    writes = [(3 * PAGE_SIZE, 0x11, PAGE_SIZE), (PAGES // 2 * PAGE_SIZE + 50, 0x22, 3 * PAGE_SIZE), (0, 0, 0)]
-    writes.append(((PAGES - 1) * PAGE_SIZE, 0, PAGE_SIZE))
+    writes = [
+        (3 * PAGE_SIZE, 0x11, PAGE_SIZE),
+        (PAGES // 2 * PAGE_SIZE + 50, 0x22, 3 * PAGE_SIZE),
+        ((PAGES - 1) * PAGE_SIZE, 0, PAGE_SIZE),
+    ]
     in_child(lazy.path, writes=writes)
     expected = bytearray(chain.image)
     for offset, byte, length in writes:
@@ -202,6 +212,36 @@ def test_an_exported_diff_layers_over_the_parent_and_reads_as_the_written_image(
     assert BuildFile.open(chain.storage, new, MEMFILE).read_at(0, SIZE) == bytes(expected)
 
 
+WRITE_AND_HOLD = r"""
+import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+m = mmap.mmap(fd, os.fstat(fd).st_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+m[int(sys.argv[2]) : int(sys.argv[2]) + 8] = b"paused!!"
+print("written", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_export_while_the_guest_still_maps_the_file_includes_its_latest_writes(
+    tmp_path: Path, chain: Chain, lazy: LazyMemory
+) -> None:
+    offset = 7 * PAGE_SIZE
+    guest = subprocess.Popen(
+        [sys.executable, "-c", WRITE_AND_HOLD, str(lazy.path), str(offset)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert guest.stdout is not None
+        assert guest.stdout.readline() == "written\n"
+        header = export_memory_diff(lazy, chain.open().header, uuid.uuid4(), tmp_path / "diff")
+    finally:
+        guest.communicate(timeout=30)
+    assert header.resolve(offset).build_id == header.metadata.build_id
+    assert (tmp_path / "diff").read_bytes()[:8] == b"paused!!"
+
+
 def test_hugepage_tracking_dirties_whole_2_mib_pages(tmp_path: Path) -> None:
     chain = _chain(tmp_path, HUGEPAGE_SIZE)
     with LazyMemory(chain.open(), tmp_path, HUGEPAGE_SIZE) as lazy:
@@ -214,11 +254,11 @@ def test_hugepage_tracking_dirties_whole_2_mib_pages(tmp_path: Path) -> None:
     assert header.metadata.block_size == HUGEPAGE_SIZE
 
 
-def test_export_refuses_a_parent_with_another_block_size(tmp_path: Path, chain: Chain, lazy: LazyMemory) -> None:
+def test_export_refuses_a_parent_with_another_block_size(
+    tmp_path: Path, chain: Chain, lazy: LazyMemory
+) -> None:
     parent = chain.open().header
-    huge_parent = Header(
-        parent.metadata.__class__(**{**parent.metadata.__dict__, "block_size": HUGEPAGE_SIZE}), parent.mappings
-    )
+    huge_parent = replace(parent, metadata=replace(parent.metadata, block_size=HUGEPAGE_SIZE))
     with pytest.raises(UsageError, match="page_size"):
         export_memory_diff(lazy, huge_parent, uuid.uuid4(), tmp_path / "diff")
 
@@ -250,23 +290,22 @@ def test_leaving_the_block_by_an_error_still_unmounts(tmp_path: Path, chain: Cha
     assert not lazy.mount_dir.exists()
 
 
-def test_closing_a_file_still_in_use_detaches_it_and_says_so(tmp_path: Path, chain: Chain) -> None:
+def test_closing_a_file_still_in_use_detaches_it_and_aborts_the_connection(
+    tmp_path: Path, chain: Chain
+) -> None:
     lazy = LazyMemory(chain.open(), tmp_path)
+    cache = lazy.overlay.cache.path
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; f = open(sys.argv[1], 'rb'); sys.stdin.read()", str(lazy.path)],
-        stdin=subprocess.PIPE,
+        [sys.executable, "-c", HOLD, str(lazy.path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
-        assert holder.stdin is not None
-        with pytest.raises(LazyMemoryError, match="still in use"):
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "open\n"
+        with pytest.raises(LazyMemoryError, match=r"still in use.*connection was aborted"):
             lazy.close(timeout_s=0.5)
         assert not is_mounted(lazy.mount_dir)
-        cache = lazy.overlay.cache.path
-        holder.stdin.close()
-        holder.wait(30)
-        lazy._thread.join(30)
-        assert not lazy._thread.is_alive()
+        assert not lazy.mount_dir.exists()
         assert not cache.exists()
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()

@@ -2,7 +2,7 @@
 
 A PVM host runs only guests whose kernel mode sticks to instructions KVM's emulator knows, so
 the Firecracker tests boot this small program instead of Linux. It prints ``READY_MARKER``,
-then ``TICK <n>`` every ~0.5 s (the count lives in guest RAM), dirtying one page per tick.
+then ``TICK <n>`` every ~0.4 s (the count lives in guest RAM), dirtying one page per tick.
 ``skip_reason()`` says why a host cannot run it; the test modules' fixtures skip with it.
 """
 
@@ -37,7 +37,17 @@ def build_tiny_guest(directory: Path) -> Path:
     obj = directory / "tick.o"
     elf = directory / "tick.elf"
     subprocess.run(["as", "--64", "-o", str(obj), str(SOURCE)], check=True, capture_output=True)
-    link = ["ld", "-static", "-nostdlib", "-e", "_start", f"-Ttext={LINK_ADDRESS:#x}", "-o", str(elf), str(obj)]
+    link = [
+        "ld",
+        "-static",
+        "-nostdlib",
+        "-e",
+        "_start",
+        f"-Ttext={LINK_ADDRESS:#x}",
+        "-o",
+        str(elf),
+        str(obj),
+    ]
     subprocess.run(link, check=True, capture_output=True)
     return elf
 

@@ -7,7 +7,7 @@
  *   - prints "TINY-GUEST-READY" on COM1 (port 0x3f8),
  *   - forever: adds one to `ticks` (a quadword in guest RAM, inside this image's .data),
  *     stores the new value into page (ticks mod 1024) of the scratch area [4 MiB, 8 MiB),
- *     prints "TICK <ticks>", and spins on the TSC for TICK_TSC_CYCLES (~0.5 s at 2 GHz).
+ *     prints "TICK <ticks>", and spins on the TSC for TICK_TSC_CYCLES (~0.4 s at 2.6 GHz).
  * So a restored snapshot proves itself by continuing the count, and every tick dirties
  * exactly one 4 KiB page besides .data and the stack (what Diff snapshots record).
  * It never halts: with interrupts off a hlt would stop the vCPU for good.

@@ -167,20 +167,26 @@ class _Handler(BaseHTTPRequestHandler):
             raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from exc
 
     def _serve_stream(self, method: Method, encoding: Encoding, call: Call) -> None:
+        """Read the whole request stream, then reply.
+
+        Reply headers go out only after the request body was read to its end: an HTTP/1.1
+        client that sees the response begin may cut its request body short (hyper does).
+        """
+        messages: Iterator[Any] = iter(())
+        error: RpcError | None = None
+        try:
+            messages = self._open_stream(method, encoding, call)
+        except RpcError as exc:
+            error = exc
+            self.close_connection = True
+        except Exception as exc:  # the error boundary of one call: report, keep serving
+            error = RpcError(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
+            self.close_connection = True
         self.send_response(200)
         self.send_header("Content-Type", f"application/connect+{encoding.value}")
         self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        messages: Iterator[Any] | None = None
-        error: RpcError | None = None
+        self._end_headers()
         try:
-            if method.shape is Shape.SERVER_STREAM:
-                requests = list(self._requests(method, encoding))
-                if len(requests) != 1:
-                    raise RpcError(Code.INVALID_ARGUMENT, f"expected 1 request message, got {len(requests)}")
-                messages = method.handler(call, requests[0])
-            else:
-                messages = iter([method.handler(call, self._requests(method, encoding))])
             for message in messages:
                 envelope = connect.envelope(encoding.encode(method.response_type, message))
                 self.wfile.write(httpio.chunk(envelope))
@@ -196,6 +202,15 @@ class _Handler(BaseHTTPRequestHandler):
             if close is not None:
                 close()
         self.wfile.write(httpio.chunk(connect.end_stream(error)) + httpio.LAST_CHUNK)
+
+    def _open_stream(self, method: Method, encoding: Encoding, call: Call) -> Iterator[Any]:
+        if method.shape is Shape.CLIENT_STREAM:
+            return iter([method.handler(call, self._requests(method, encoding))])
+        requests = list(self._requests(method, encoding))
+        if len(requests) != 1:
+            raise RpcError(Code.INVALID_ARGUMENT, f"expected 1 request message, got {len(requests)}")
+        messages: Iterator[Any] = method.handler(call, requests[0])
+        return messages
 
 
 class _Server(ThreadingHTTPServer):

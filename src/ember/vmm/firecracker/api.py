@@ -85,10 +85,9 @@ class FirecrackerApi:
             ) from exc
         finally:
             connection.close()
-        decoded = _decode(data, method, path)
         if status >= 300:
-            raise VmError(f"Firecracker refused {method} {path} (HTTP {status}): {_fault(decoded, data)}")
-        return decoded
+            raise VmError(f"Firecracker refused {method} {path} (HTTP {status}): {_fault(data)}")
+        return _decode(data, method, path)
 
     def put_metrics(self, metrics: Metrics) -> None:
         self.request("PUT", "/metrics", metrics.to_json())
@@ -151,7 +150,11 @@ def _decode(data: bytes, method: str, path: str) -> Any:
         ) from exc
 
 
-def _fault(decoded: Any, data: bytes) -> str:
+def _fault(data: bytes) -> str:
+    try:
+        decoded = json.loads(data)
+    except json.JSONDecodeError:
+        decoded = None
     if isinstance(decoded, dict) and isinstance(decoded.get("fault_message"), str):
         return str(decoded["fault_message"])
     return data.decode(errors="replace").strip() or "(no fault message)"

@@ -98,7 +98,8 @@ class FirecrackerVm:
 
         RAM comes from ``snapshot.memory_path`` mapped privately (the file is never written),
         unless ``memory_backend`` names another source, e.g. a ``Uffd`` page server's socket:
-        that server must be serving before this returns, or the load times out.
+        with ``resume`` the load returns only once that server serves the vCPUs' first
+        faults, so it must be running before this is called, or the load times out.
         ``enable_diff_snapshots`` lets this VM take Diff snapshots relative to the snapshot.
         """
         backend = memory_backend or MemoryBackend(MemoryBackendType.FILE, snapshot.memory_path)
@@ -135,7 +136,7 @@ class FirecrackerVm:
             and self._process is not None
             and self._process.poll() is not None
         ):
-            self._state = VmState.STOPPED
+            self._finish()
         return self._state
 
     @property
@@ -303,8 +304,8 @@ class FirecrackerVm:
             self.api.put_mmds_config(config.mmds)
         self.api.put_machine_config(config.machine)
         if config.vsock is not None:
-            self._owned_sockets.append(config.vsock.uds_path)
             self.api.put_vsock(config.vsock)
+            self._owned_sockets.append(config.vsock.uds_path)
 
     def _finish(self) -> None:
         self._state = VmState.STOPPED
