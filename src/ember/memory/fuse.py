@@ -52,6 +52,7 @@ Rules for callers, which the FUSE design imposes:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -61,6 +62,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -81,6 +83,20 @@ FUSECTL_DIR: Final = Path("/sys/fs/fuse/connections")
 
 class LazyMemoryError(EmberError):
     """The memory file could not be mounted, served or unmounted."""
+
+
+_OPEN: Final[weakref.WeakSet[LazyMemory]] = weakref.WeakSet()
+"""Mounted memory files not yet closed: closed at interpreter exit, before the FUSE thread
+stops, so an exit never waits on a request no thread will answer."""
+
+
+@atexit.register
+def _close_open_memory_files() -> None:
+    for memory in list(_OPEN):
+        try:
+            memory.close()
+        except EmberError as exc:
+            _log.warning("closing a memory file left open at exit: %s", exc)
 
 
 def _raise_readahead(device: int) -> None:
@@ -176,6 +192,7 @@ class LazyMemory:
             target=self._serve, args=(operations,), name=f"fuse-{self.mount_dir.name}", daemon=True
         )
         self._thread.start()
+        _OPEN.add(self)
         try:
             self._wait_mounted(ready)
             self._device = self._stat_device()
@@ -274,6 +291,7 @@ class LazyMemory:
         if self._closed:
             return
         self._closed = True
+        _OPEN.discard(self)
         problems: list[str] = []
         if is_mounted(self.mount_dir):
             busy = _fusermount(["-u"], self.mount_dir)

@@ -12,6 +12,7 @@ from ember.network.addressing import (
     netns_exec_argv,
 )
 from ember.network.errors import NetworkError, SlotBusy
+from ember.network.ownership import reclaim_orphans
 from ember.network.pool import SlotPool
 from ember.network.reclaim import Reclaimed, reclaim_leftovers
 from ember.network.slot import create_slot, remove_slot
@@ -32,5 +33,6 @@ __all__ = [
     "create_slot",
     "netns_exec_argv",
     "reclaim_leftovers",
+    "reclaim_orphans",
     "remove_slot",
 ]

@@ -8,18 +8,23 @@ An index held by something outside this pool (``SlotBusy``) is skipped, not take
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from types import TracebackType
 
 from ember.network.addressing import VRT_CIDR_VARIABLE, Slot, SlotConfig
 from ember.network.errors import NetworkError, SlotBusy
+from ember.network.ownership import OWNERS_DIR, claim, disclaim, reclaim_orphans
 from ember.network.slot import create_slot, remove_slot
 
 
 class SlotPool:
     """Hands out network slots; ``release`` (or leaving the ``with``) removes them again."""
 
-    def __init__(self, config: SlotConfig | None = None) -> None:
+    def __init__(self, config: SlotConfig | None = None, owners_dir: Path = OWNERS_DIR) -> None:
+        """Reclaims the slots of exited ember processes first (see ``ember.network.ownership``)."""
         self.config = config or SlotConfig.from_env()
+        self._owners_dir = owners_dir
+        reclaim_orphans(self.config, owners_dir)
         self._lock = threading.Lock()
         self._reserved: set[int] = set()
         self._slots: dict[int, Slot] = {}
@@ -55,6 +60,7 @@ class SlotPool:
                 raise
             with self._lock:
                 self._slots[idx] = slot
+            claim(idx, self._owners_dir)
             return slot
 
     def release(self, slot: Slot) -> None:
@@ -64,6 +70,7 @@ class SlotPool:
                 raise NetworkError(f"network slot {slot.idx} was not acquired from this pool")
             del self._slots[slot.idx]
         remove_slot(slot)
+        disclaim(slot.idx, self._owners_dir)
         self._unreserve(slot.idx)
 
     @property

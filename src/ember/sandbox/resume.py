@@ -41,7 +41,7 @@ from ember.environment import Environment
 from ember.errors import BuildError, GuestError, ObjectNotFound
 from ember.guest import ENVD_PORT, GuestKernel, build_initramfs, open_kernel, provision_kernel
 from ember.header import Header
-from ember.memory.fuse import LazyMemory
+from ember.memory import LazyMemory, export_memory_diff
 from ember.network import Slot, SlotPool
 from ember.sandbox.rootfs import ServedRootfs
 from ember.storage import MEMFILE, ROOTFS, SNAPFILE, BuildPaths, Storage
@@ -178,8 +178,8 @@ class RunningSandbox:
         snapshot = self.vm.snapshot(self.work_dir / SNAPFILE)
         self.vm.stop()
         progress("⏸ Paused, exporting the diffs")
-        memfile_header = export_diff(
-            self.memory.overlay, self.build.memfile.header, new_build, self.work_dir / MEMFILE
+        memfile_header = export_memory_diff(
+            self.memory, self.build.memfile.header, new_build, self.work_dir / MEMFILE
         )
         rootfs_header = export_diff(
             self.rootfs.overlay, self.build.rootfs.header, new_build, self.work_dir / ROOTFS

@@ -33,7 +33,8 @@ def _option(argv: list[str], flag: str) -> list[str]:
 def test_a_plain_boot_is_q35_with_kernel_initrd_cmdline_console_and_qmp() -> None:
     config = MachineConfig(KERNEL, "console=ttyS0 quiet", initrd_path=INITRD, memory_mib=512, vcpu_count=2)
     argv = _argv(config)
-    assert argv[0] == "qemu-system-x86_64"
+    assert argv[:4] == ["setpriv", "--pdeathsig", "KILL", "--"]
+    assert argv[4] == "qemu-system-x86_64"
     assert _option(argv, "-machine") == ["q35,accel=tcg"]
     assert _option(argv, "-m") == ["512M"]
     assert _option(argv, "-smp") == ["2"]
@@ -108,7 +109,7 @@ def test_usable_kvm_without_pvm_is_chosen(tmp_path: Path) -> None:
 def test_tap_nic_carries_the_original_guest_mac_and_runs_in_the_namespace(tmp_path: Path) -> None:
     config = MachineConfig(kernel_path=Path("/k"), cmdline="x", nics=(NicConfig(tap="tap0"),), netns="ns-3")
     argv = qemu_argv(config, accel=Accel.TCG, console_path=tmp_path / "c", qmp_path=tmp_path / "q")
-    assert argv[:4] == ["ip", "netns", "exec", "ns-3"]
+    assert argv[:8] == ["ip", "netns", "exec", "ns-3", "setpriv", "--pdeathsig", "KILL", "--"]
     assert "tap,id=net0,ifname=tap0,script=no,downscript=no" in argv
     assert "virtio-net-pci,netdev=net0,mac=02:FC:00:00:00:05" in argv
 

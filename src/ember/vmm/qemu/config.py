@@ -200,6 +200,9 @@ def qemu_argv(
         argv += ["-netdev", backend, "-device", f"virtio-net-pci,netdev={netdev},mac={nic.mac}"]
     if incoming:
         argv += ["-incoming", "defer"]
+    # QEMU dies with the process that started it: an ember killed with SIGKILL must not
+    # leave a guest running with its disk and memory servers gone.
+    argv = ["setpriv", "--pdeathsig", "KILL", "--", *argv]
     if config.netns is not None:
         argv = ["ip", "netns", "exec", config.netns, *argv]
     return argv

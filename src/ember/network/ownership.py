@@ -1,0 +1,70 @@
+"""Which process owns which slot, so a crashed process's slots can be reclaimed safely.
+
+``reclaim_leftovers`` removes every ``ns-<n>``, which is right at a daemon's startup but
+would tear down the slots of another ember command running at the same time. Owner files
+make a narrower reclaim possible: each acquired slot gets ``/run/ember/slots/<idx>`` naming
+the owning process (pid and start time, so a reused pid is not mistaken for the owner);
+a slot whose owner is gone is an orphan and is removed, whatever else is running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ember.network.addressing import SlotConfig
+from ember.network.errors import NetworkError
+from ember.network.slot import remove_slot
+
+_log = logging.getLogger(__name__)
+
+OWNERS_DIR = Path("/run/ember/slots")
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def claim(idx: int, owners_dir: Path = OWNERS_DIR) -> None:
+    """Record this process as the owner of slot ``idx``."""
+    owners_dir.mkdir(parents=True, exist_ok=True)
+    (owners_dir / str(idx)).write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+
+
+def disclaim(idx: int, owners_dir: Path = OWNERS_DIR) -> None:
+    (owners_dir / str(idx)).unlink(missing_ok=True)
+
+
+def _owner_alive(record: str) -> bool:
+    try:
+        pid_text, started = record.split()
+        return _start_time(int(pid_text)) == started
+    except ValueError:
+        return False
+
+
+def reclaim_orphans(config: SlotConfig | None = None, owners_dir: Path = OWNERS_DIR) -> list[int]:
+    """Remove the slots whose owning process has exited; returns their indices."""
+    if not owners_dir.is_dir():
+        return []
+    settings = config or SlotConfig.from_env()
+    reclaimed = []
+    for entry in sorted(owners_dir.iterdir()):
+        if not entry.name.isdigit() or _owner_alive(entry.read_text()):
+            continue
+        idx = int(entry.name)
+        try:
+            remove_slot(settings.slot(idx))
+        except NetworkError as exc:
+            _log.warning("cannot reclaim orphaned network slot %d: %s", idx, exc)
+            continue
+        entry.unlink(missing_ok=True)
+        reclaimed.append(idx)
+        _log.info("reclaimed network slot %d of an exited process", idx)
+    return reclaimed

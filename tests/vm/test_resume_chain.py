@@ -1,0 +1,147 @@
+"""The seed's chain under QEMU/TCG: create a build, pause two generations on top, resume the last.
+
+One create-build (module fixture) carries a process started by its start command: a counter
+that keeps running across every pause and resume, so "memory intact" is something the
+guest itself shows. Everything goes through the real ``ember`` command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ember.guest import cache_dir
+from ember.network import SlotPool
+
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="sandboxes need root for network namespaces and mounts"),
+]
+
+COUNTER = (
+    "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done' >/dev/null 2>&1 &"
+)
+
+
+def _ember(*args: str, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HOST_KERNELS_DIR": str(cache_dir() / "kernels")}
+    return subprocess.run(
+        [sys.executable, "-m", "ember", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=env,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[uuid.UUID]]:
+    storage = tmp_path_factory.mktemp("resume") / "store"
+    builds = [uuid.uuid4() for _ in range(3)]
+    created = _ember(
+        "create-build", "-to-build", str(builds[0]), "-storage", str(storage), "-hugepages=false",
+        "-memory", "512", "-disk", "512", "-start-cmd", COUNTER, "-ready-cmd", "test -s /tmp/counter",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr + created.stdout
+    for generation, (parent, child) in enumerate(itertools.pairwise(builds), start=2):
+        paused = _ember(
+            "resume-build", "-from-build", str(parent), "-to-build", str(child), "-storage", str(storage),
+            "-cmd-pause", f"echo generation {generation} > /root/gen{generation}.txt",
+        )  # fmt: skip
+        assert paused.returncode == 0, paused.stderr + paused.stdout
+        assert f"✅ Build finished: {child}" in paused.stdout
+    return storage, builds
+
+
+def test_the_newest_build_sees_every_generations_files(chain: tuple[Path, list[uuid.UUID]]) -> None:
+    storage, builds = chain
+    result = _ember("resume-build", "-from-build", str(builds[2]), "-storage", str(storage), "-cmd",
+                    "cat /root/gen2.txt /root/gen3.txt")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "generation 2\ngeneration 3\n" in result.stdout
+    assert re.search(r"Resume: [\d.]+ms, Command: [\d.]+ms, Total: [\d.]+ms, exit code 0", result.stdout)
+
+
+def test_inspect_shows_the_third_generation_mapping_into_all_three_builds(
+    chain: tuple[Path, list[uuid.UUID]],
+) -> None:
+    storage, builds = chain
+    report = _ember("inspect-build", "-build", str(builds[2]), "-storage", str(storage)).stdout
+    assert "Generation         3" in report
+    summary = report.split("MAPPING SUMMARY")[1]
+    for build in builds:
+        assert str(build) in summary
+
+
+def test_a_process_started_before_the_pauses_is_still_counting(chain: tuple[Path, list[uuid.UUID]]) -> None:
+    storage, builds = chain
+    command = "a=$(cat /tmp/counter); sleep 1; b=$(cat /tmp/counter); echo counter $a $b"
+    result = _ember("resume-build", "-from-build", str(builds[2]), "-storage", str(storage), "-cmd", command)
+    assert result.returncode == 0, result.stderr
+    found = re.search(r"^counter (\d+) (\d+)$", result.stdout, re.M)
+    assert found, result.stdout
+    first, second = int(found.group(1)), int(found.group(2))
+    assert first > 1, "the counter restarted instead of continuing"
+    assert second > first
+
+
+def test_iterations_print_the_seed_statistics(chain: tuple[Path, list[uuid.UUID]]) -> None:
+    storage, builds = chain
+    result = _ember(
+        "resume-build", "-from-build", str(builds[0]), "-storage", str(storage), "-iterations", "3"
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(re.findall(r"^\[ ?\d\] [\d.]+ms  [+-][\d.]+%$", result.stdout, re.M)) == 3
+    assert re.search(
+        r"^Min: [\d.]+ms \| Max: [\d.]+ms \| Avg: [\d.]+ms \| StdDev: [\d.]+ms$", result.stdout, re.M
+    )
+    assert re.search(r"^P95: [\d.]+ms \| P99: [\d.]+ms$", result.stdout, re.M)
+
+
+def _digests(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def test_sigkill_during_pause_leaves_the_parent_untouched_and_no_complete_build(
+    chain: tuple[Path, list[uuid.UUID]],
+) -> None:
+    storage, builds = chain
+    parent = storage / "templates" / str(builds[1])
+    before = _digests(parent)
+    child = uuid.uuid4()
+    env = {**os.environ, "HOST_KERNELS_DIR": str(cache_dir() / "kernels")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ember", "resume-build", "-from-build", str(builds[1]),
+         "-to-build", str(child), "-storage", str(storage), "-signal-pause", "SIGUSR1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert process.stdout is not None
+    deadline = time.monotonic() + 120
+    while "Waiting for SIGUSR1" not in process.stdout.readline():
+        assert time.monotonic() < deadline and process.poll() is None, (
+            process.stderr.read() if process.stderr else ""
+        )
+    process.send_signal(signal.SIGUSR1)
+    time.sleep(0.3)
+    process.kill()
+    process.communicate(timeout=30)
+    assert _digests(parent) == before
+    assert not (storage / "templates" / str(child) / "metadata.json").exists()
+    deadline = time.monotonic() + 15
+    while subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, check=False).returncode == 0:
+        assert time.monotonic() < deadline, "QEMU outlived the killed ember"
+        time.sleep(0.2)
+    with SlotPool():  # the next ember command reclaims the dead one's network slot
+        assert not [name for name in os.listdir("/var/run/netns") if name.startswith("ns-")]
