@@ -38,6 +38,7 @@ from ember.errors import BuildError, EmberError, UsageError
 from ember.guest import build_initramfs, cache_dir, provision_kernel
 from ember.header import HUGEPAGE_SIZE, PAGE_SIZE, Header
 from ember.memory import export_memory
+from ember.memory.hugepages import hugetlbfs, require_hugepages
 from ember.sandbox.guest_agent import GuestAgent
 from ember.sandbox.rootfs import ServedRootfs, store_image_build
 from ember.sandbox.template import template_image
@@ -46,6 +47,7 @@ from ember.vmm.kernel_args import kernel_args
 from ember.vmm.qemu import DriveConfig, MachineConfig, MemoryFileConfig, QemuVm, qemu_version
 
 READY_POLL_INTERVAL_S = 0.5
+ENVD_BOOT_TIMEOUT_S = 120.0
 IMAGE_LAYER_NAMESPACE = uuid.UUID("6f1b8d4e-6a0c-4d55-9d3e-3a7c2f0e9b11")
 
 
@@ -122,6 +124,8 @@ def _image_layer(
 def create_build(options: CreateOptions, progress: Progress = print) -> CreateReport:
     """Run every phase; raises an EmberError naming the phase that failed."""
     _check_options(options)
+    if options.hugepages:
+        require_hugepages(options.memory_mb << 20)
     env = Environment.resolve(options.storage)
     storage = open_storage(options.storage)
     paths = BuildPaths(options.to_build)
@@ -160,7 +164,10 @@ def create_build(options: CreateOptions, progress: Progress = print) -> CreateRe
 
         with _phase(phases, "boot", progress):
             agent = stack.enter_context(GuestAgent.network(progress))
-            memory_path = scratch / "memory"
+            memory_dir = scratch
+            if options.hugepages:
+                memory_dir = stack.enter_context(hugetlbfs(scratch, options.memory_mb << 20))
+            memory_path = memory_dir / "memory"
             config = MachineConfig(
                 kernel_path=kernel.vmlinuz_path,
                 initrd_path=initramfs,
@@ -177,7 +184,7 @@ def create_build(options: CreateOptions, progress: Progress = print) -> CreateRe
             vm.boot()
 
         with _phase(phases, "envd", progress):
-            client = agent.connect(timeout_s=min(options.timeout_s, 120.0), vm=vm)
+            client = agent.connect(timeout_s=ENVD_BOOT_TIMEOUT_S, vm=vm)
 
         with _phase(phases, "start", progress):
             start = _StartCommand(client, options.start_cmd, progress) if options.start_cmd else None

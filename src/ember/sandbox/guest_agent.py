@@ -63,7 +63,7 @@ class GuestAgent:
             if time.monotonic() >= deadline:
                 raise VmError(
                     f"envd in the guest did not answer at {self.base_url} within {timeout_s:.0f} s; "
-                    f"the guest console is at {vm.console_path}"
+                    f"the guest console ends: {vm.console_tail()}"
                 )
             time.sleep(HEALTH_POLL_S)
         client.init(access_token=access_token, timestamp=datetime.datetime.now(datetime.UTC))

@@ -18,6 +18,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,8 +43,11 @@ class ServedRootfs:
         try:
             self.cache = CowCache.create(work_dir, name, base.size, block_size)
             self.overlay = self._stack.enter_context(Overlay(base, self.cache))
-            # unix socket paths are capped at 108 bytes, so the socket gets a short name of its own.
-            socket_path = work_dir / f"nbd-{secrets.token_hex(4)}.sock"
+            # unix socket paths are capped at 108 bytes and work_dir may be deep, so the socket
+            # lives in a private directory under $TMPDIR, as the original keeps its sockets.
+            socket_dir = Path(tempfile.mkdtemp(prefix="ember-nbd-"))
+            self._stack.callback(shutil.rmtree, socket_dir, True)
+            socket_path = socket_dir / f"rootfs-{secrets.token_hex(4)}.sock"
             self.server = self._stack.enter_context(NbdServerThread(self.overlay, unix_path=socket_path))
         except BaseException:
             self._stack.close()

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -49,6 +51,7 @@ class QemuVm:
         self._state = VmState.CREATED
         self._process: subprocess.Popen[bytes] | None = None
         self._qmp: QmpClient | None = None
+        self._socket_dir: Path | None = None
 
     @classmethod
     def restore(
@@ -121,6 +124,10 @@ class QemuVm:
                 )
             time.sleep(_POLL_INTERVAL_S * 5)
 
+    def console_tail(self, lines: int = 5) -> str:
+        """The last lines the guest printed, joined with ' | ' for one-line error messages."""
+        return " | ".join(self._console_text().strip().splitlines()[-lines:]) or "(empty)"
+
     def check_alive(self) -> None:
         """Raise VmError, with the console's last lines, if the QEMU process has exited."""
         if self._process is None or self._process.poll() is not None:
@@ -192,8 +199,10 @@ class QemuVm:
 
     def _spawn(self, *, incoming: bool) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        qmp_path = self.run_dir / QMP_SOCKET
-        qmp_path.unlink(missing_ok=True)
+        # unix socket paths are capped at 108 bytes and run_dir may be deep: the QMP socket
+        # lives in a private directory under $TMPDIR, removed when the VM is finished.
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="ember-qmp-"))
+        qmp_path = self._socket_dir / QMP_SOCKET
         argv = qemu_argv(
             self.config,
             accel=self.accel,
@@ -240,6 +249,9 @@ class QemuVm:
         if self._qmp is not None:
             self._qmp.close()
             self._qmp = None
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
         self._state = VmState.STOPPED
 
     def _console_text(self) -> str:
