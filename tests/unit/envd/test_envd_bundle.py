@@ -26,8 +26,23 @@ def test_bundle_is_deterministic_and_executable(tmp_path: Path) -> None:
 def test_bundle_holds_every_agent_module_and_a_main(tmp_path: Path) -> None:
     with zipfile.ZipFile(build_agent(tmp_path / "envd")) as archive:
         names = set(archive.namelist())
-    expected = {f"{ARCHIVE_PACKAGE}/{path.name}" for path in AGENT_DIR.glob("*.py")} | {"__main__.py"}
-    assert names == expected
+    modules = [path.stem for path in AGENT_DIR.glob("*.py")]
+    expected = {f"{ARCHIVE_PACKAGE}/{name}{suffix}" for name in modules for suffix in (".py", ".pyc")}
+    assert names == expected | {"__main__.py"}
+
+
+def test_the_agent_runs_from_its_bytecode_not_compiled_at_each_start(tmp_path: Path) -> None:
+    bundle = build_agent(tmp_path / "envd")
+    tampered = tmp_path / "tampered"
+    with zipfile.ZipFile(bundle) as original, zipfile.ZipFile(tampered, "w") as copy:
+        for info in original.infolist():
+            data = original.read(info)
+            if info.filename.endswith(".py") and info.filename != "__main__.py":
+                data = b"raise SystemExit('compiled from source')\n"
+            copy.writestr(info, data)
+    result = subprocess.run([sys.executable, str(tampered), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "--port" in result.stdout
 
 
 def test_bundle_runs_and_answers_help(tmp_path: Path) -> None:
