@@ -1,0 +1,142 @@
+"""What the page server knows about each guest page, and the order pages were first touched.
+
+One byte per page of the uffd page size (facts file 3.2)::
+
+    page    0    1    2    3    4   ...
+    state  [0]  [4]  [1]  [3]  [2]  ...
+            |    |    |    |    ZERO: installed as zeros; exported as empty (nil)
+            |    |    |    REMOVED: zapped by the guest (REMOVE event); known zero, not mapped
+            |    |    DIRTY: written since the restore; exported as the new layer's data
+            |    CLEAN: installed from the memfile and (as far as the server saw) unchanged
+            NOT_PRESENT: never installed; reads fall through to the parent build
+
+Transitions: ``mark_installed`` (ZERO or CLEAN) only upgrades NOT_PRESENT and REMOVED, so a
+late install never hides a write; ``mark_written`` promotes NOT_PRESENT, CLEAN and ZERO to
+DIRTY and leaves REMOVED alone; ``set_range`` forces a state (REMOVE events).
+
+The tracker sees writes only when it is told of them: write faults, and write-protect faults
+where the VMM registered WP. Without WP a page installed by a read and written later stays
+CLEAN here, which is why the Firecracker pause path takes its dirty set from a Diff snapshot.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from ember.build import MemoryPrefetch
+from ember.errors import UsageError
+
+
+class PageState(enum.IntEnum):
+    NOT_PRESENT = 0
+    DIRTY = 1
+    ZERO = 2
+    REMOVED = 3
+    CLEAN = 4
+
+
+class AccessType(enum.Enum):
+    """How a page was first reached, as ``metadata.json prefetch.memory.access_types`` spells it."""
+
+    READ = "r"
+    WRITE = "w"
+    PREFETCH = "p"
+
+
+_UPGRADABLE_STATES: Final = (PageState.NOT_PRESENT, PageState.REMOVED)
+_WRITABLE_STATES: Final = (PageState.NOT_PRESENT, PageState.CLEAN, PageState.ZERO)
+_UPGRADABLE: Final = np.array([state in _UPGRADABLE_STATES for state in PageState], dtype=bool)
+_WRITABLE: Final = np.array([state in _WRITABLE_STATES for state in PageState], dtype=bool)
+
+
+class PageTracker:
+    """The state of every page of one guest's memory; all methods are thread safe."""
+
+    def __init__(self, page_count: int) -> None:
+        if page_count < 0:
+            raise UsageError(f"guest memory cannot have {page_count} pages")
+        self._states = np.zeros(page_count, dtype=np.uint8)
+        self._lock = threading.Lock()
+
+    @property
+    def page_count(self) -> int:
+        return len(self._states)
+
+    def state_of(self, page: int) -> PageState:
+        self._check(page, page + 1)
+        return PageState(int(self._states[page]))
+
+    def set_range(self, first_page: int, end_page: int, state: PageState) -> None:
+        self._check(first_page, end_page)
+        with self._lock:
+            self._states[first_page:end_page] = state
+
+    def mark_installed(self, first_page: int, end_page: int, state: PageState) -> None:
+        """Record an install of ZERO or CLEAN pages, keeping any state the install cannot override."""
+        if state not in (PageState.ZERO, PageState.CLEAN):
+            raise UsageError(f"an install leaves pages ZERO or CLEAN, not {state.name}")
+        self._check(first_page, end_page)
+        with self._lock:
+            if end_page - first_page == 1:  # the per-fault path: plain ints, no numpy masks
+                if int(self._states[first_page]) in _UPGRADABLE_STATES:
+                    self._states[first_page] = int(state)
+                return
+            window = self._states[first_page:end_page]
+            window[_UPGRADABLE[window]] = state
+
+    def mark_written(self, first_page: int, end_page: int) -> None:
+        self._check(first_page, end_page)
+        with self._lock:
+            window = self._states[first_page:end_page]
+            window[_WRITABLE[window]] = PageState.DIRTY
+
+    def absent_run(self, first_page: int, max_pages: int) -> int:
+        """How many pages from ``first_page`` on (at most ``max_pages``) are NOT_PRESENT."""
+        self._check(first_page, first_page)
+        window = self._states[first_page : first_page + max_pages]
+        present = np.flatnonzero(window != PageState.NOT_PRESENT)
+        return int(present[0]) if len(present) else len(window)
+
+    def count(self, state: PageState) -> int:
+        with self._lock:
+            return int(np.count_nonzero(self._states == state))
+
+    def export(self) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+        """``(dirty, empty)`` page indices: DIRTY, and ZERO or REMOVED (facts file 3.2)."""
+        with self._lock:
+            dirty = np.flatnonzero(self._states == PageState.DIRTY).astype(np.uint64)
+            empty = np.flatnonzero(
+                (self._states == PageState.ZERO) | (self._states == PageState.REMOVED)
+            ).astype(np.uint64)
+        return dirty, empty
+
+    def _check(self, first_page: int, end_page: int) -> None:
+        if not 0 <= first_page <= end_page <= len(self._states):
+            raise UsageError(
+                f"pages [{first_page}, {end_page}) are outside guest memory of {len(self._states)} pages"
+            )
+
+
+class AccessRecorder:
+    """First access of each page, in order: the data a later resume prefetches (facts file 4.6)."""
+
+    def __init__(self, page_size: int) -> None:
+        self.page_size = page_size
+        self._order: dict[int, AccessType] = {}
+        self._lock = threading.Lock()
+
+    def record(self, page: int, access: AccessType) -> None:
+        with self._lock:
+            self._order.setdefault(page, access)
+
+    def prefetch(self) -> MemoryPrefetch:
+        """Pages in first-access order with their access types, for ``TemplateMetadata.prefetch``."""
+        with self._lock:
+            pages = tuple(self._order)
+            types = tuple(access.value for access in self._order.values())
+        return MemoryPrefetch(indices=pages, access_types=types, block_size=self.page_size)
