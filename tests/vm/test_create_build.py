@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -51,14 +52,13 @@ def _create(storage: Path, build: uuid.UUID, *args: str) -> subprocess.Completed
     )
 
 
-def _leftovers() -> tuple[list[str], list[str]]:
-    namespaces = (
-        [name for name in os.listdir("/var/run/netns") if name.startswith("ns-")]
-        if os.path.isdir("/var/run/netns")
-        else []
-    )
-    processes = subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, text=True, check=False)
-    return namespaces, processes.stdout.split()
+def _assert_nothing_left(build: uuid.UUID, output: str) -> None:
+    """The run's own network slot and QEMU are gone (other sandboxes on the host are not ours)."""
+    slot = re.search(r"Network slot \d+: (ns-\d+)", output)
+    assert slot, output
+    assert not Path("/var/run/netns", slot.group(1)).exists()
+    qemu = subprocess.run(["pgrep", "-f", f"create-{build}"], capture_output=True, text=True, check=False)
+    assert qemu.stdout == ""
 
 
 def test_create_build_writes_a_complete_consistent_build(tmp_path: Path) -> None:
@@ -94,7 +94,7 @@ def test_create_build_writes_a_complete_consistent_build(tmp_path: Path) -> None
         report = json.loads(inspect.stdout)
         assert report["validation_error"] is None
         assert report["image"]["diff_size"] > 0
-    assert _leftovers() == ([], [])
+    _assert_nothing_left(build, out)
 
 
 def test_a_failing_start_command_leaves_no_build_and_nothing_running(tmp_path: Path) -> None:
@@ -109,7 +109,7 @@ def test_a_failing_start_command_leaves_no_build_and_nothing_running(tmp_path: P
         .startswith("ember create-build: start command 'exit 3' exited with code 3")
     )
     assert not (tmp_path / "store" / "templates" / str(build) / "metadata.json").exists()
-    assert _leftovers() == ([], [])
+    _assert_nothing_left(build, result.stdout)
 
 
 def test_a_ready_command_that_never_succeeds_times_out_cleanly(tmp_path: Path) -> None:
@@ -119,4 +119,4 @@ def test_a_ready_command_that_never_succeeds_times_out_cleanly(tmp_path: Path) -
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ember create-build: ready command 'false' did not succeed within 0.1 min"), last
     assert not (tmp_path / "store" / "templates" / str(build) / "metadata.json").exists()
-    assert _leftovers() == ([], [])
+    _assert_nothing_left(build, result.stdout)
