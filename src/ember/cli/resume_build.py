@@ -25,7 +25,14 @@ from ember.cli.render import DEFAULT_STORAGE
 from ember.environment import Environment
 from ember.errors import BuildError, UsageError
 from ember.network import SlotPool
-from ember.sandbox.resume import LoadedBuild, RunningSandbox, load_build
+from ember.sandbox.resume import (
+    OPTIMIZE_RUNS,
+    LoadedBuild,
+    RunningSandbox,
+    load_build,
+    record_prefetch,
+    save_prefetch,
+)
 from ember.storage import ChunkCache, LocalStorage, Storage, open_storage
 
 SUMMARY = "resume a sandbox from a build: interactive, benchmark, run a command, or pause into a new build"
@@ -82,6 +89,10 @@ def build_parser() -> FlagParser:
         help="start this command in the sandbox, then wait for SIGUSR1 and pause",
         metavar="<cmd>",
     )
+    parser.add_bool(
+        "optimize",
+        help="after the pause, resume the new build twice and save the pages both read as its prefetch data",
+    )
     return parser
 
 
@@ -93,10 +104,14 @@ def _pause_mode(options: argparse.Namespace) -> str | None:
         raise UsageError("pick at most one of -pause, -signal-pause, -cmd-pause, -cmd-signal-pause")
     if options.cmd and modes:
         raise UsageError("-cmd runs a command and exits: it cannot be combined with a pause flag")
-    if options.to_build and not modes:
-        raise UsageError(
-            "-to-build needs a pause flag (-pause, -signal-pause, -cmd-pause or -cmd-signal-pause)"
-        )
+    if options.optimize and options.iterations:
+        raise UsageError("-optimize cannot be combined with -iterations: it records one pause's data")
+    for flag in ("to_build", "optimize"):
+        if getattr(options, flag) and not modes:
+            raise UsageError(
+                f"-{flag.replace('_', '-')} needs a pause flag "
+                "(-pause, -signal-pause, -cmd-pause or -cmd-signal-pause)"
+            )
     if modes and options.iterations:
         raise UsageError("-iterations cannot be combined with a pause flag: a pause ends the sandbox")
     return modes[0] if modes else None
@@ -129,10 +144,17 @@ def run(options: argparse.Namespace) -> int:
         _print_build(build)
         if options.iterations:
             return _benchmark(build, env, Path(scratch), pool, options, cache)
-        with RunningSandbox(build, env, Path(scratch) / "sandbox", pool) as sandbox:
+        prefetch = not options.no_prefetch
+        with RunningSandbox(build, env, Path(scratch) / "sandbox", pool, prefetch=prefetch) as sandbox:
             print(f"✅ Running (resumed in {sandbox.resumed_in_s * 1000:.1f}ms)")
-            if options.v and cache is not None:
-                print(f"   storage chunks fetched: {cache.stats().chunks_fetched}")
+            if options.v:
+                timings = sandbox.timings
+                print(
+                    f"   prepare {timings.prepare_s * 1000:.1f}ms, restore {timings.restore_s * 1000:.1f}ms, "
+                    f"envd /init {timings.init_s * 1000:.1f}ms"
+                )
+                if cache is not None:
+                    print(f"   storage chunks fetched: {cache.stats().chunks_fetched}")
             if options.cmd:
                 return _run_command(sandbox, options.cmd)
             if mode is None:
@@ -150,6 +172,13 @@ def run(options: argparse.Namespace) -> int:
             result = sandbox.pause(storage, new_build, lambda line: print(line, flush=True))
             print("✅ Snapshot uploaded successfully")
             print(f"✅ Build finished: {result.build_id} (paused in {result.duration_s * 1000:.0f}ms)")
+        if options.optimize:
+            print(f"🔎 Recording prefetch data: resuming {result.build_id} {OPTIMIZE_RUNS} times", flush=True)
+            mapping = record_prefetch(
+                storage, result.build_id, env, Path(scratch) / "optimize", pool, progress=print
+            )
+            save_prefetch(storage, result.build_id, mapping)
+            print(f"✅ Prefetch mapping saved: {len(mapping.indices)} blocks")
     return 0
 
 
@@ -239,7 +268,7 @@ def _benchmark(
         if options.cold:
             _drop_caches(cache)
         work = scratch / f"run-{iteration}"
-        with RunningSandbox(build, env, work, pool) as sandbox:
+        with RunningSandbox(build, env, work, pool, prefetch=not options.no_prefetch) as sandbox:
             durations.append(sandbox.resumed_in_s * 1000)
         average = statistics.fmean(durations)
         deviation = (durations[-1] - average) / average * 100 if average else 0.0

@@ -1,4 +1,5 @@
-"""Guest memory: a guest's RAM as a memfile build, and a build's memfile served lazily to QEMU."""
+"""Guest memory: a guest's RAM as a memfile build, a build's memfile served lazily to QEMU,
+and prefetch data (recorded page accesses, replayed into the page cache at resume)."""
 
 from ember.memory.export import export_memory, nonzero_blocks
 from ember.memory.filesystem import LazyMemoryStats
@@ -9,14 +10,31 @@ from ember.memory.fuse import (
     export_memory_diff,
     is_mounted,
 )
+from ember.memory.prefetch import (
+    AccessKind,
+    AccessRecorder,
+    Extent,
+    PageAccesses,
+    coalesce,
+    merge_runs,
+)
+from ember.memory.replay import Prefetcher, PrefetchStats
 
 __all__ = [
     "MEMORY_FILE_NAME",
+    "AccessKind",
+    "AccessRecorder",
+    "Extent",
     "LazyMemory",
     "LazyMemoryError",
     "LazyMemoryStats",
+    "PageAccesses",
+    "PrefetchStats",
+    "Prefetcher",
+    "coalesce",
     "export_memory",
     "export_memory_diff",
     "is_mounted",
+    "merge_runs",
     "nonzero_blocks",
 ]

@@ -9,10 +9,14 @@
     FUSE WRITE (offset, data) -> Overlay.write_at    all-zero pages become ZERO, others DIRTY
     FLUSH / FSYNC / RELEASE   -> nothing to do        the overlay's cache file is scratch space
 
+Every READ and WRITE is also recorded (``AccessRecorder``: first access of each page, for
+prefetch data); a READ from a thread registered as a prefetcher counts as a prefetch.
+
 Every callback runs on the FUSE loop's thread with the GIL held. The object is passed to
 ``mfusepy.FUSE``, which registers exactly the callbacks defined here; libfuse refuses the
-rest (create, unlink, rename, ...). Errors reach the kernel as errno values: a failed
-base read is EIO, which the process mapping the file sees as SIGBUS.
+rest (create, unlink, rename, ...). Errors reach the kernel as errno values: a base read
+that still fails after ``READ_RETRY_DELAYS_S`` is EIO (the process mapping the file sees
+SIGBUS), and the first such failure is kept, so the owner can fail the resume with it.
 """
 
 from __future__ import annotations
@@ -21,19 +25,26 @@ import ctypes
 import errno
 import logging
 import os
+import random
 import signal
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from ember.block import BaseDevice, Overlay
-from ember.errors import EmberError
+from ember.errors import EmberError, StorageError
+from ember.memory.prefetch import AccessKind, AccessRecorder
 
 _log = logging.getLogger(__name__)
 
 _ROOT: Final = "/"
+
+READ_RETRY_DELAYS_S: Final = (0.05, 0.15, 0.5)
+"""Backoff before each retry of a failed storage read (the original: 3 retries, 50 ms -> 500 ms)."""
+_JITTER: Final = 0.1
 
 
 @dataclass(frozen=True)
@@ -41,7 +52,9 @@ class LazyMemoryStats:
     """Traffic through the memory file since it was mounted.
 
     ``base_reads`` / ``base_read_bytes`` count what reached the build (pages never
-    written here): the lazily loaded part of guest RAM.
+    written here): the lazily loaded part of guest RAM. ``pages_prefetched`` were first
+    loaded by a prefetcher; ``pages_reread`` were read through FUSE again after a first
+    read (0 while the kernel keeps every page it was given).
     """
 
     reads: int
@@ -50,6 +63,9 @@ class LazyMemoryStats:
     base_read_bytes: int
     writes: int
     written_bytes: int
+    base_read_retries: int = 0
+    pages_prefetched: int = 0
+    pages_reread: int = 0
 
 
 class TrafficCounters:
@@ -58,34 +74,65 @@ class TrafficCounters:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.reads = self.read_bytes = 0
-        self.base_reads = self.base_read_bytes = 0
+        self.base_reads = self.base_read_bytes = self.base_read_retries = 0
         self.writes = self.written_bytes = 0
+        self.failure: str | None = None
 
-    def stats(self) -> LazyMemoryStats:
+    def stats(self, recorder: AccessRecorder) -> LazyMemoryStats:
         with self.lock:
-            return LazyMemoryStats(
-                reads=self.reads,
-                read_bytes=self.read_bytes,
-                base_reads=self.base_reads,
-                base_read_bytes=self.base_read_bytes,
-                writes=self.writes,
-                written_bytes=self.written_bytes,
-            )
+            counts = (self.reads, self.read_bytes, self.base_reads, self.base_read_bytes)
+            writes, written, retries = self.writes, self.written_bytes, self.base_read_retries
+        return LazyMemoryStats(
+            *counts,
+            writes=writes,
+            written_bytes=written,
+            base_read_retries=retries,
+            pages_prefetched=recorder.count(AccessKind.PREFETCH),
+            pages_reread=recorder.pages_reread,
+        )
+
+    def fail(self, message: str) -> None:
+        """Keep the first storage failure: the one that explains the rest."""
+        with self.lock:
+            if self.failure is None:
+                self.failure = message
 
 
 class CountingDevice:
-    """The base device, counting what the overlay reads from it."""
+    """The base device, counting what the overlay reads from it and retrying failed storage reads.
 
-    def __init__(self, base: BaseDevice, counters: TrafficCounters) -> None:
+    Only ``StorageError`` is retried (a backend that may answer next time); a header or
+    mapping error would fail the same way again. Retries block the FUSE loop, which is
+    what the guest waits on anyway. Once a read has failed for good, later reads are not
+    retried: the guest is lost already, and failing fast lets its owner see it at once.
+    """
+
+    def __init__(
+        self,
+        base: BaseDevice,
+        counters: TrafficCounters,
+        retry_delays_s: tuple[float, ...] = READ_RETRY_DELAYS_S,
+    ) -> None:
         self._base = base
         self._counters = counters
+        self._retry_delays_s = retry_delays_s
 
     @property
     def size(self) -> int:
         return self._base.size
 
     def readinto(self, buffer: bytearray | memoryview, offset: int) -> int:
-        count = self._base.readinto(buffer, offset)
+        for delay_s in self._retry_delays_s if self._counters.failure is None else ():
+            try:
+                count = self._base.readinto(buffer, offset)
+                break
+            except StorageError as exc:
+                _log.warning("memory read at %d failed, retrying in %.0f ms: %s", offset, delay_s * 1e3, exc)
+                with self._counters.lock:
+                    self._counters.base_read_retries += 1
+                time.sleep(delay_s * (1 + random.uniform(0, _JITTER)))
+        else:
+            count = self._base.readinto(buffer, offset)
         with self._counters.lock:
             self._counters.base_reads += 1
             self._counters.base_read_bytes += count
@@ -102,14 +149,24 @@ class MemoryFileSystem:
     use_ns = True  # times in nanoseconds; mfusepy warns about float times otherwise
 
     def __init__(
-        self, overlay: Overlay, file_name: str, counters: TrafficCounters, ready: threading.Event
+        self,
+        overlay: Overlay,
+        file_name: str,
+        counters: TrafficCounters,
+        recorder: AccessRecorder,
+        ready: threading.Event,
     ) -> None:
         self._overlay = overlay
         self._file = _ROOT + file_name
         self._name = file_name
         self._counters = counters
+        self._recorder = recorder
         self._ready = ready
         self._time_ns = time.time_ns()
+        self.prefetch_threads: set[int] = set()
+        """Kernel thread ids whose reads are prefetches (set add/lookup is atomic under the GIL)."""
+        self.requester: Callable[[], int] = lambda: 0
+        """The thread id of the process behind the current request (mfusepy's context once mounted)."""
 
     def init(self, path: str) -> None:
         _restore_default_signals()
@@ -145,10 +202,13 @@ class MemoryFileSystem:
             data = self._overlay.read_at(offset, size)
         except EmberError as exc:
             _log.error("memory file read of %d bytes at %d failed: %s", size, offset, exc)
+            self._counters.fail(f"reading {size} bytes at offset {offset} failed: {exc}")
             raise OSError(errno.EIO, str(exc)) from exc
         with self._counters.lock:
             self._counters.reads += 1
             self._counters.read_bytes += len(data)
+        prefetch = self.requester() in self.prefetch_threads
+        self._recorder.record(offset, len(data), AccessKind.PREFETCH if prefetch else AccessKind.READ)
         return data
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
@@ -158,10 +218,12 @@ class MemoryFileSystem:
             self._overlay.write_at(data, offset)
         except EmberError as exc:
             _log.error("memory file write of %d bytes at %d failed: %s", len(data), offset, exc)
+            self._counters.fail(f"writing {len(data)} bytes at offset {offset} failed: {exc}")
             raise OSError(errno.EIO, str(exc)) from exc
         with self._counters.lock:
             self._counters.writes += 1
             self._counters.written_bytes += len(data)
+        self._recorder.record(offset, len(data), AccessKind.WRITE)
         return len(data)
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> int:

@@ -17,7 +17,16 @@ feasibility study 4.1)::
     {work_dir}/memory-XXXX.cow            the overlay's sparse cache file (one block per page)
 
 The overlay's tracker is therefore the dirty set: DIRTY pages become the diff build's
-data, ZERO pages map to nil, untouched pages keep the parent's mapping.
+data, ZERO pages map to nil, untouched pages keep the parent's mapping. Alongside, the
+first access of every page is recorded (``accesses``: the raw material of prefetch data),
+and a storage read that fails after bounded retries is kept (``raise_if_failed``), so a
+resume fails with the storage's message instead of the guest's SIGBUS.
+
+Why a resume reads whole 4 MiB windows: QEMU marks guest RAM ``MADV_HUGEPAGE``, and for
+such a mapping the kernel's fault path reads two PMD-sized (2 MiB) folios around the
+faulting page whatever the file's readahead setting (``do_sync_mmap_readahead``). So every
+first touch of a 2 MiB region of guest RAM arrives as about 4 MiB of 1 MiB FUSE reads,
+and an idle guest woken by one request reads most of its non-zero memory.
 
 Mount choices (libfuse 3.14, kernel 6.x):
 
@@ -70,7 +79,14 @@ from typing import Final
 from ember.block import BaseDevice, CowCache, Overlay, export_diff
 from ember.errors import EmberError, UsageError
 from ember.header import HUGEPAGE_SIZE, PAGE_SIZE, Header
-from ember.memory.filesystem import CountingDevice, LazyMemoryStats, MemoryFileSystem, TrafficCounters
+from ember.memory.filesystem import (
+    READ_RETRY_DELAYS_S,
+    CountingDevice,
+    LazyMemoryStats,
+    MemoryFileSystem,
+    TrafficCounters,
+)
+from ember.memory.prefetch import AccessRecorder, PageAccesses
 
 _log = logging.getLogger(__name__)
 
@@ -170,6 +186,7 @@ class LazyMemory:
         page_size: int = PAGE_SIZE,
         *,
         file_name: str = MEMORY_FILE_NAME,
+        read_retry_delays_s: tuple[float, ...] = READ_RETRY_DELAYS_S,
     ) -> None:
         if page_size not in (PAGE_SIZE, HUGEPAGE_SIZE):
             raise UsageError(f"page size {page_size} is neither {PAGE_SIZE} nor {HUGEPAGE_SIZE}: pick one")
@@ -177,8 +194,9 @@ class LazyMemory:
             raise UsageError(f"memory file name {file_name!r} must be a plain file name")
         _require_fuse()
         self._counters = TrafficCounters()
+        self._recorder = AccessRecorder(base.size, page_size)
         cache = CowCache.create(work_dir, "memory", base.size, block_size=page_size)
-        self.overlay = Overlay(CountingDevice(base, self._counters), cache)
+        self.overlay = Overlay(CountingDevice(base, self._counters, read_retry_delays_s), cache)
         self.mount_dir = Path(tempfile.mkdtemp(prefix="memory-", suffix=".mnt", dir=work_dir))
         self.path = self.mount_dir / file_name
         self._closed = False
@@ -187,7 +205,8 @@ class LazyMemory:
         self._failure: BaseException | None = None
         self._device: int | None = None
         ready = threading.Event()
-        operations = MemoryFileSystem(self.overlay, file_name, self._counters, ready)
+        operations = MemoryFileSystem(self.overlay, file_name, self._counters, self._recorder, ready)
+        self._prefetch_threads = operations.prefetch_threads
         self._thread = threading.Thread(
             target=self._serve, args=(operations,), name=f"fuse-{self.mount_dir.name}", daemon=True
         )
@@ -205,6 +224,7 @@ class LazyMemory:
     def _serve(self, operations: MemoryFileSystem) -> None:
         import mfusepy  # loads libfuse3 through ctypes: only processes that mount pay for it
 
+        operations.requester = lambda: mfusepy.fuse_get_context()[2]
         try:
             mfusepy.FUSE(
                 operations,
@@ -260,7 +280,27 @@ class LazyMemory:
 
     def stats(self) -> LazyMemoryStats:
         """Traffic through the file so far (``base_read_bytes``: what was loaded lazily)."""
-        return self._counters.stats()
+        return self._counters.stats(self._recorder)
+
+    def accesses(self) -> PageAccesses:
+        """Every page reached through the file so far, in first-access order."""
+        return self._recorder.snapshot()
+
+    def add_prefetcher(self, thread_id: int) -> None:
+        """Count the reads of kernel thread ``thread_id`` (``threading.get_native_id()``) as prefetches."""
+        self._prefetch_threads.add(thread_id)
+
+    def remove_prefetcher(self, thread_id: int) -> None:
+        self._prefetch_threads.discard(thread_id)
+
+    def raise_if_failed(self) -> None:
+        """Raise ``LazyMemoryError`` if a read of the build failed for good (the guest got an error)."""
+        failure = self._counters.failure
+        if failure is not None:
+            raise LazyMemoryError(
+                f"guest memory could not be read from storage ({failure}); check that the storage "
+                "is reachable and the build's memfile objects are intact, then resume again"
+            )
 
     def sync(self) -> None:
         """Have the kernel write every dirty page of the file back into the overlay.

@@ -109,7 +109,7 @@ def test_usable_kvm_without_pvm_is_chosen(tmp_path: Path) -> None:
 def test_tap_nic_carries_the_original_guest_mac_and_runs_in_the_namespace(tmp_path: Path) -> None:
     config = MachineConfig(kernel_path=Path("/k"), cmdline="x", nics=(NicConfig(tap="tap0"),), netns="ns-3")
     argv = qemu_argv(config, accel=Accel.TCG, console_path=tmp_path / "c", qmp_path=tmp_path / "q")
-    assert argv[:8] == ["ip", "netns", "exec", "ns-3", "setpriv", "--pdeathsig", "KILL", "--"]
+    assert argv[:7] == ["nsenter", "--net=/var/run/netns/ns-3", "--", "setpriv", "--pdeathsig", "KILL", "--"]
     assert "tap,id=net0,ifname=tap0,script=no,downscript=no" in argv
     assert "virtio-net-pci,netdev=net0,mac=02:FC:00:00:00:05" in argv
 
@@ -120,4 +120,4 @@ def test_user_mode_nic_forwards_host_ports_on_loopback_only(tmp_path: Path) -> N
     )
     argv = qemu_argv(config, accel=Accel.TCG, console_path=tmp_path / "c", qmp_path=tmp_path / "q")
     assert "user,id=net0,hostfwd=tcp:127.0.0.1:18080-:49983" in argv
-    assert argv[0] != "ip"
+    assert argv[0] == "setpriv"

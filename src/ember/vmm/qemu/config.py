@@ -204,7 +204,10 @@ def qemu_argv(
     # leave a guest running with its disk and memory servers gone.
     argv = ["setpriv", "--pdeathsig", "KILL", "--", *argv]
     if config.netns is not None:
-        argv = ["ip", "netns", "exec", config.netns, *argv]
+        # nsenter enters only the network namespace; ``ip netns exec`` would also give QEMU a
+        # private copy of every mount, keeping the lazily served memory mount alive after
+        # ember unmounts it.
+        argv = ["nsenter", f"--net=/var/run/netns/{config.netns}", "--", *argv]
     return argv
 
 

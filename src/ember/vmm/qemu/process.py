@@ -38,7 +38,8 @@ QMP_SOCKET = "qmp.sock"
 STDERR_FILE = "qemu.stderr"
 _QMP_CONNECT_TIMEOUT_S = 10.0
 _MIGRATION_TIMEOUT_S = 60.0
-_POLL_INTERVAL_S = 0.02
+_CONSOLE_POLL_S = 0.1
+_MIGRATION_POLL_S = 0.002  # a restore's migration takes ~1 ms: poll finely, it is on the resume path
 
 
 class QemuVm:
@@ -122,7 +123,7 @@ class QemuVm:
                 raise VmError(
                     f"the guest did not print {marker!r} within {timeout_s:.0f} s; {self._diagnosis()}"
                 )
-            time.sleep(_POLL_INTERVAL_S * 5)
+            time.sleep(_CONSOLE_POLL_S)
 
     def console_tail(self, lines: int = 5) -> str:
         """The last lines the guest printed, joined with ' | ' for one-line error messages."""
@@ -238,7 +239,7 @@ class QemuVm:
                 raise VmError(f"QEMU {action} failed: {info.get('error-desc', status)}; {self._diagnosis()}")
             if time.monotonic() >= deadline:
                 raise VmError(f"QEMU {action} did not complete within {_MIGRATION_TIMEOUT_S:.0f} s")
-            time.sleep(_POLL_INTERVAL_S)
+            time.sleep(_MIGRATION_POLL_S)
 
     def _require_qmp(self) -> QmpClient:
         if self._qmp is None:

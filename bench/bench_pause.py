@@ -1,0 +1,81 @@
+"""Pause: seconds per GiB of dirty guest memory, vs a plain copy of the same bytes.
+
+Setup: ``ember create-build`` of the default template (512 MiB guest) into a temp storage.
+Each run resumes it, has the guest dirty N MiB (random bytes written into a tmpfs, which
+lives in guest RAM), then pauses into a new build on local storage: ``sync`` in the guest,
+snapshot, QEMU exit (its dirty pages written back through the FUSE memory file), memory and
+rootfs diff export, upload. The baseline copies the new build's memfile data object (the
+dirty pages, packed) to another file with ``shutil.copyfile`` + fsync: the least I/O any
+pause of that memory has to do.
+
+Needs root, /dev/fuse, qemu-system-x86_64 and a provisioned kernel (HOST_KERNELS_DIR,
+default /var/cache/ember/kernels).
+
+    python bench/bench_pause.py            # 64 and 192 MiB dirty
+    python bench/bench_pause.py --quick    # 64 MiB dirty
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench_resume import KERNELS, create
+from ember.environment import Environment
+from ember.network import SlotPool
+from ember.sandbox.resume import RunningSandbox, load_build
+from ember.storage import MEMFILE, BuildPaths, LocalStorage, open_storage
+
+DIRTY = "mkdir -p /mnt/dirty && mount -t tmpfs -o size={size}M tmpfs /mnt/dirty && " \
+        "dd if=/dev/urandom of=/mnt/dirty/fill bs=1M count={mib} 2>/dev/null"  # fmt: skip
+
+
+def copy_seconds(source: Path, target: Path) -> float:
+    started = time.monotonic()
+    shutil.copyfile(source, target)
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one run, 64 MiB dirty")
+    args = parser.parse_args()
+    sizes = (64,) if args.quick else (64, 192)
+    os.environ.setdefault("HOST_KERNELS_DIR", KERNELS)
+    with tempfile.TemporaryDirectory(prefix="bench-pause-", dir="/var/tmp") as scratch, SlotPool() as pool:
+        root = Path(scratch)
+        build_id = create(root / "store")
+        storage = open_storage(str(root / "store"))
+        assert isinstance(storage, LocalStorage)
+        env = Environment.resolve(str(root / "store"))
+        build = load_build(storage, build_id, root)
+        print("pause of a 512 MiB guest after dirtying N MiB (baseline: copyfile + fsync of the dirty pages)")
+        for mib in sizes:
+            with RunningSandbox(build, env, root / f"run-{mib}", pool, prefetch=False) as sandbox:
+                done = sandbox.envd.run(DIRTY.format(size=mib + 16, mib=mib), timeout_s=600)
+                if done.exit_code != 0:
+                    raise SystemExit(f"dirtying guest memory failed: {done.stderr.decode(errors='replace')}")
+                paused = sandbox.pause(storage, uuid.uuid4(), lambda line: None)
+            data = root / "store" / "templates" / BuildPaths(paused.build_id).data_object(MEMFILE)
+            data_gib = data.stat().st_size / (1 << 30)
+            copied = copy_seconds(data, root / f"copy-{mib}")
+            pause_s = paused.duration_s
+            print(
+                f"  {mib:4d} MiB dirty: memfile diff {data_gib * 1024:6.1f} MiB   "
+                f"pause {pause_s:6.2f} s ({pause_s / data_gib:6.2f} s/GiB)   "
+                f"copy {copied:5.2f} s ({copied / data_gib:5.2f} s/GiB)   {pause_s / copied:5.1f}x the copy"
+            )
+
+
+if __name__ == "__main__":
+    main()
