@@ -30,7 +30,6 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
 from ember.errors import EmberError, VmError
 from ember.vmm.base import VmSnapshot, VmState, require_state
@@ -43,9 +42,9 @@ from ember.vmm.firecracker.config import (
     SnapshotLoad,
     SnapshotType,
 )
+from ember.vmm.process import VmProcess
 
 API_SOCKET = "firecracker.sock"
-CONSOLE_FILE = "console.log"
 LOG_FILE = "firecracker.log"
 STDERR_FILE = "firecracker.stderr"
 MEMORY_SUFFIX = ".mem"
@@ -53,12 +52,14 @@ _SOCKET_TIMEOUT_S = 10.0
 _POLL_INTERVAL_S = 0.005
 
 
-class FirecrackerVm:
+class FirecrackerVm(VmProcess):
     """A Firecracker guest; see ``ember.vmm.base.Vm`` for the state machine it follows.
 
     ``netns`` runs Firecracker inside that network namespace (``ip netns exec``), where the
     taps of ``config.network_interfaces`` must exist.
     """
+
+    vmm_name = "Firecracker"
 
     def __init__(
         self,
@@ -69,15 +70,12 @@ class FirecrackerVm:
         netns: str | None = None,
         name: str | None = None,
     ) -> None:
+        super().__init__(name or (config.name if config is not None else "ember"), run_dir)
         self.config = config
-        self.run_dir = run_dir
         self.binary = binary
         self.netns = netns
-        self.name = name or (config.name if config is not None else "ember")
         self.memory_bytes = config.machine.memory_bytes if config is not None else 0
         self.api = FirecrackerApi(run_dir / API_SOCKET)
-        self._state = VmState.CREATED
-        self._process: subprocess.Popen[bytes] | None = None
         self._owned_sockets: list[Path] = []
 
     @classmethod
@@ -130,26 +128,8 @@ class FirecrackerVm:
         return vm
 
     @property
-    def state(self) -> VmState:
-        if (
-            self._state is not VmState.STOPPED
-            and self._process is not None
-            and self._process.poll() is not None
-        ):
-            self._finish()
-        return self._state
-
-    @property
-    def console_path(self) -> Path:
-        return self.run_dir / CONSOLE_FILE
-
-    @property
     def log_path(self) -> Path:
         return self.run_dir / LOG_FILE
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
     def boot(self) -> None:
         require_state(self.name, self.state, "boot", VmState.CREATED)
@@ -168,32 +148,6 @@ class FirecrackerVm:
             self.stop()
             raise
         self._state = VmState.RUNNING
-
-    def wait_for_console(self, marker: str, timeout_s: float) -> str:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            for line in self._console_text().splitlines():
-                if marker in line:
-                    return line
-            if self._process is None or self._process.poll() is not None:
-                raise VmError(f"Firecracker exited before the guest printed {marker!r}; {self._diagnosis()}")
-            if time.monotonic() >= deadline:
-                raise VmError(
-                    f"the guest did not print {marker!r} within {timeout_s:.1f} s; {self._diagnosis()}"
-                )
-            time.sleep(_POLL_INTERVAL_S * 4)
-
-    def wait_exit(self, timeout_s: float) -> int:
-        if self._process is None:
-            raise VmError(f"cannot wait for VM {self.name}: it was never booted")
-        try:
-            status = self._process.wait(timeout_s)
-        except subprocess.TimeoutExpired as exc:
-            raise VmError(
-                f"the guest did not power off within {timeout_s:.0f} s; {self._diagnosis()}; call stop()"
-            ) from exc
-        self._finish()
-        return status
 
     def pause(self) -> None:
         require_state(self.name, self.state, "pause", VmState.RUNNING)
@@ -235,14 +189,6 @@ class FirecrackerVm:
             status = process.wait()
         self._finish()
         return status
-
-    def __enter__(self) -> FirecrackerVm:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def _spawn(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -308,17 +254,11 @@ class FirecrackerVm:
             self._owned_sockets.append(config.vsock.uds_path)
 
     def _finish(self) -> None:
-        self._state = VmState.STOPPED
+        super()._finish()
         for path in self._owned_sockets:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         self._owned_sockets.clear()
-
-    def _console_text(self) -> str:
-        try:
-            return self.console_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def _diagnosis(self) -> str:
         console = self._console_text().strip().splitlines()[-3:]

@@ -25,32 +25,30 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 from ember.errors import EmberError, VmError
 from ember.vmm.base import VmSnapshot, VmState, require_state
+from ember.vmm.process import VmProcess
 from ember.vmm.qemu.config import Accel, MachineConfig, choose_accel, qemu_argv
 from ember.vmm.qemu.qmp import QmpClient
 from ember.vmm.qemu.snapfile import read_header, saved_machine, write_header
 
-CONSOLE_FILE = "console.log"
 QMP_SOCKET = "qmp.sock"
 STDERR_FILE = "qemu.stderr"
 _QMP_CONNECT_TIMEOUT_S = 10.0
 _MIGRATION_TIMEOUT_S = 60.0
-_CONSOLE_POLL_S = 0.1
 _MIGRATION_POLL_S = 0.002  # a restore's migration takes ~1 ms: poll finely, it is on the resume path
 
 
-class QemuVm:
+class QemuVm(VmProcess):
     """A QEMU guest; see ``ember.vmm.base.Vm`` for the state machine it follows."""
 
+    vmm_name = "QEMU"
+
     def __init__(self, config: MachineConfig, run_dir: Path, *, accel: Accel | None = None) -> None:
+        super().__init__(config.name, run_dir)
         self.config = config
-        self.run_dir = run_dir
         self.accel = accel if accel is not None else choose_accel().accel
-        self._state = VmState.CREATED
-        self._process: subprocess.Popen[bytes] | None = None
         self._qmp: QmpClient | None = None
         self._socket_dir: Path | None = None
 
@@ -88,76 +86,23 @@ class QemuVm:
         vm._state = VmState.RUNNING
         return vm
 
-    @property
-    def state(self) -> VmState:
-        if (
-            self._state is not VmState.STOPPED
-            and self._process is not None
-            and self._process.poll() is not None
-        ):
-            self._finish()
-        return self._state
-
-    @property
-    def console_path(self) -> Path:
-        return self.run_dir / CONSOLE_FILE
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
     def boot(self) -> None:
-        require_state(self.config.name, self.state, "boot", VmState.CREATED)
+        require_state(self.name, self.state, "boot", VmState.CREATED)
         self._spawn(incoming=False)
         self._state = VmState.RUNNING
 
-    def wait_for_console(self, marker: str, timeout_s: float) -> str:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            for line in self._console_text().splitlines():
-                if marker in line:
-                    return line
-            if self._process is None or self._process.poll() is not None:
-                raise VmError(f"QEMU exited before the guest printed {marker!r}; {self._diagnosis()}")
-            if time.monotonic() >= deadline:
-                raise VmError(
-                    f"the guest did not print {marker!r} within {timeout_s:.0f} s; {self._diagnosis()}"
-                )
-            time.sleep(_CONSOLE_POLL_S)
-
-    def console_tail(self, lines: int = 5) -> str:
-        """The last lines the guest printed, joined with ' | ' for one-line error messages."""
-        return " | ".join(self._console_text().strip().splitlines()[-lines:]) or "(empty)"
-
-    def check_alive(self) -> None:
-        """Raise VmError, with the console's last lines, if the QEMU process has exited."""
-        if self._process is None or self._process.poll() is not None:
-            raise VmError(f"QEMU {self.config.name} is not running; {self._diagnosis()}")
-
-    def wait_exit(self, timeout_s: float) -> int:
-        if self._process is None:
-            raise VmError(f"cannot wait for VM {self.config.name}: it was never booted")
-        try:
-            status = self._process.wait(timeout_s)
-        except subprocess.TimeoutExpired as exc:
-            raise VmError(
-                f"the guest did not power off within {timeout_s:.0f} s; {self._diagnosis()}; call stop()"
-            ) from exc
-        self._finish()
-        return status
-
     def pause(self) -> None:
-        require_state(self.config.name, self.state, "pause", VmState.RUNNING)
+        require_state(self.name, self.state, "pause", VmState.RUNNING)
         self._require_qmp().execute("stop")
         self._state = VmState.PAUSED
 
     def resume(self) -> None:
-        require_state(self.config.name, self.state, "resume", VmState.PAUSED)
+        require_state(self.name, self.state, "resume", VmState.PAUSED)
         self._require_qmp().execute("cont")
         self._state = VmState.RUNNING
 
     def snapshot(self, state_path: Path) -> VmSnapshot:
-        require_state(self.config.name, self.state, "snapshot", VmState.PAUSED)
+        require_state(self.name, self.state, "snapshot", VmState.PAUSED)
         memory = self.config.memory_file
         if memory is None or not memory.shared:
             raise VmError(
@@ -189,14 +134,6 @@ class QemuVm:
             status = process.wait()
         self._finish()
         return status
-
-    def __enter__(self) -> QemuVm:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def _spawn(self, *, incoming: bool) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -243,10 +180,11 @@ class QemuVm:
 
     def _require_qmp(self) -> QmpClient:
         if self._qmp is None:
-            raise VmError(f"VM {self.config.name} has no QMP connection: boot it first")
+            raise VmError(f"VM {self.name} has no QMP connection: boot it first")
         return self._qmp
 
     def _finish(self) -> None:
+        super()._finish()
         if self._qmp is not None:
             self._qmp.close()
             self._qmp = None
@@ -254,12 +192,6 @@ class QemuVm:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
         self._state = VmState.STOPPED
-
-    def _console_text(self) -> str:
-        try:
-            return self.console_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def _diagnosis(self) -> str:
         console = self._console_text().strip().splitlines()[-5:]
