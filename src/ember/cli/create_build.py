@@ -28,7 +28,10 @@ def build_parser() -> FlagParser:
         type=build_id,
     )
     parser.add_flag(
-        "template", help="template ID (default local-template)", metavar="<id>", default="local-template"
+        "template",
+        help="template ID (default local-template; accepted for compatibility, the QEMU path does not use it)",
+        metavar="<id>",
+        default="local-template",
     )
     parser.add_flag(
         "storage",
@@ -37,7 +40,9 @@ def build_parser() -> FlagParser:
         default=".local-build",
     )
     parser.add_flag(
-        "sandbox-dir", help="override SANDBOX_DIR (the rootfs path baked into the snapshot)", metavar="<path>"
+        "sandbox-dir",
+        help="override SANDBOX_DIR (baked into Firecracker snapshots; QEMU builds do not depend on it)",
+        metavar="<path>",
     )
     parser.add_flag(
         "kernel",

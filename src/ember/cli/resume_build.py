@@ -62,7 +62,9 @@ def build_parser() -> FlagParser:
         default=DEFAULT_STORAGE,
     )
     parser.add_flag(
-        "sandbox-dir", help="override SANDBOX_DIR (the rootfs path baked into the snapshot)", metavar="<path>"
+        "sandbox-dir",
+        help="override SANDBOX_DIR (baked into Firecracker snapshots; QEMU builds do not depend on it)",
+        metavar="<path>",
     )
     parser.add_flag(
         "iterations",
