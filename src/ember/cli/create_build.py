@@ -29,7 +29,7 @@ def build_parser() -> FlagParser:
     )
     parser.add_flag(
         "template",
-        help="template ID (default local-template; accepted for compatibility, the QEMU path does not use it)",
+        help="template ID (default local-template; accepted for compatibility, unused by the QEMU path)",
         metavar="<id>",
         default="local-template",
     )
