@@ -25,6 +25,9 @@ need cpio cpio
 need depmod kmod
 need /usr/sbin/debootstrap debootstrap
 need iptables-restore iptables
+need /usr/sbin/sysctl procps
+need /usr/bin/nsenter util-linux
+need /usr/sbin/ip iproute2
 if ((${#apt_packages[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "setup: missing Debian packages: ${apt_packages[*]}; run as root or apt-get install them" >&2
