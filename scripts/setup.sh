@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 #   qemu-system-x86  the VMM for Linux guests  busybox-static, cpio, kmod  guest initramfs assembly
 #   debootstrap   the default template's Debian root filesystem
 #   iptables      iptables-restore/-save: sandbox network slots' NAT and forwarding rules
+#   procps, util-linux, iproute2  sysctl, nsenter/setpriv, ip: slots and VMM launches
 apt_packages=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_packages+=(python3-venv)
 need() { command -v "$1" >/dev/null || [[ -e $1 ]] || apt_packages+=("$2"); }
