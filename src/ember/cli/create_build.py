@@ -94,12 +94,16 @@ def run(options: argparse.Namespace) -> int:
     if options.v:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     choice = choose_vmm(options.vmm)
-    print(f"VMM: {choice.name.value} ({choice.reason})")
-    if choice.name is not VmmName.QEMU:
-        raise UsageError(
-            "create-build boots Linux guests with QEMU only for now; Firecracker runs only tiny guests "
-            "on hosts whose KVM cannot run Linux: pass -vmm qemu"
-        )
+    if choice.name is VmmName.FIRECRACKER:
+        if options.vmm == "firecracker":
+            raise UsageError(
+                "create-build boots Linux guests with QEMU only for now (ember's Firecracker driver has "
+                "no Linux-guest build path yet): pass -vmm qemu or -vmm auto"
+            )
+        choice = choose_vmm("qemu")
+        print(f"VMM: qemu (create-build builds with QEMU; {choice.reason})")
+    else:
+        print(f"VMM: {choice.name.value} ({choice.reason})")
     report = create_build(
         CreateOptions(
             to_build=options.to_build,
