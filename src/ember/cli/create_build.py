@@ -57,7 +57,7 @@ def build_parser() -> FlagParser:
     )
     parser.add_flag(
         "vmm",
-        help="auto, firecracker or qemu (default auto: Firecracker where KVM runs Linux guests, else QEMU)",
+        help="auto or qemu (default auto); builds use QEMU for now, with KVM where it runs Linux, else TCG",
         metavar="<name>",
         default="auto",
     )
