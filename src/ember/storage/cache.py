@@ -209,28 +209,16 @@ class ChunkCache(Storage):
     def _read_open(self, key: str, index: int, low: int, target: memoryview) -> bool:
         """Fill ``target`` through the chunk's open descriptor: the warm path, no open or stat."""
         entry = self._files.acquire((key, index))
-        if entry is None:
-            return False
-        try:
-            filled = os.preadv(entry.fd, [target], low)
-        except OSError as exc:
-            _log.warning("chunk cache read of %s chunk %d failed, refetching: %s", key, index, exc)
-            filled = -1
-        finally:
-            self._files.release(entry)
-        if filled == len(target):
-            self._count("chunk_hits")
-            return True
-        # The file shrank after it was checked (truncated in place) or failed: drop it and refetch.
-        self._files.discard((key, index), entry)
-        self._evict(self._dir(key) / chunk_file_name(index))
-        return False
+        return entry is not None and self._read_entry(entry, key, index, low, target)
 
     def _read_cached(self, key: str, index: int, expected: int, low: int, target: memoryview) -> bool:
         """Fill ``target`` from byte ``low`` of the chunk file, opening it; False if absent or torn."""
         entry = self._open_chunk(key, index, expected)
-        if entry is None:
-            return False
+        return entry is not None and self._read_entry(entry, key, index, low, target)
+
+    def _read_entry(self, entry: OpenFile, key: str, index: int, low: int, target: memoryview) -> bool:
+        """Fill ``target`` from the held chunk file and release it; a short or failed read means
+        the file shrank after it was checked (truncated in place) or broke: drop it to refetch."""
         try:
             filled = preadv_full(entry.fd, target, low)
         except OSError as exc:
