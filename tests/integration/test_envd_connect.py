@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from envd_agent import Agent, envelopes, request, running_agent, unary_json
+from envd_agent import Agent, envelopes, request, unary_json
 
-from ember.envd import EnvdClient, build_agent
+from ember.envd import EnvdClient
 from ember.envd.agent import codec
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_agent(tmp_path_factory.mktemp("envd") / "envd")
-
-
-@pytest.fixture
-def agent(bundle: Path, tmp_path: Path) -> Iterator[Agent]:
-    with running_agent(bundle, tmp_path) as running:
-        yield running
 
 
 def test_json_and_proto_unary_replies_describe_the_same_entry(agent: Agent, tmp_path: Path) -> None:

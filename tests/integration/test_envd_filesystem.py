@@ -5,30 +5,13 @@ from __future__ import annotations
 import os
 import pwd
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from envd_agent import Agent, running_agent, stream_json
+from envd_agent import Agent, stream_json
 
-from ember.envd import EnvdClient, EnvdError, FileType, build_agent
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_agent(tmp_path_factory.mktemp("envd") / "envd")
-
-
-@pytest.fixture
-def agent(bundle: Path, tmp_path: Path) -> Iterator[Agent]:
-    with running_agent(bundle, tmp_path) as running:
-        yield running
-
-
-@pytest.fixture
-def client(agent: Agent) -> EnvdClient:
-    return agent.client()
+from ember.envd import EnvdClient, EnvdError, FileType
 
 
 def test_stat_describes_a_file(client: EnvdClient, tmp_path: Path) -> None:

@@ -3,32 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from envd_agent import Agent, request, running_agent, unary_json
+from envd_agent import Agent, request, unary_json
 
-from ember.envd import EnvdClient, EnvdError, build_agent
+from ember.envd import EnvdClient, EnvdError
 
 TOKEN = "secret-token"
 ALL_BYTES = bytes(range(256)) + b"\r\n\r\n--boundary\r\n" + bytes(range(255, -1, -1))
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_agent(tmp_path_factory.mktemp("envd") / "envd")
-
-
-@pytest.fixture
-def agent(bundle: Path, tmp_path: Path) -> Iterator[Agent]:
-    with running_agent(bundle, tmp_path) as running:
-        yield running
-
-
-@pytest.fixture
-def client(agent: Agent) -> EnvdClient:
-    return agent.client()
 
 
 def test_health_answers_204(client: EnvdClient) -> None:

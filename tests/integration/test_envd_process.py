@@ -6,29 +6,12 @@ import base64
 import json
 import struct
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from envd_agent import Agent, envelopes, request, running_agent, stream_json
+from envd_agent import Agent, envelopes, request, stream_json
 
-from ember.envd import EnvdClient, EnvdError, build_agent
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_agent(tmp_path_factory.mktemp("envd") / "envd")
-
-
-@pytest.fixture
-def agent(bundle: Path, tmp_path: Path) -> Iterator[Agent]:
-    with running_agent(bundle, tmp_path) as running:
-        yield running
-
-
-@pytest.fixture
-def client(agent: Agent) -> EnvdClient:
-    return agent.client()
+from ember.envd import EnvdClient, EnvdError
 
 
 def test_output_arrives_in_chunks_in_the_order_it_was_printed(client: EnvdClient) -> None:
