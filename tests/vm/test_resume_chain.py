@@ -29,8 +29,11 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="sandboxes need root for network namespaces and mounts"),
 ]
 
+# The counter is written to a side file and renamed into place: a plain ``echo > /tmp/counter``
+# truncates first, and a reader landing between truncate and write would see an empty file.
 COUNTER = (
-    "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done' >/dev/null 2>&1 &"
+    "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/counter.new;"
+    " mv /tmp/counter.new /tmp/counter; sleep 0.2; done' >/dev/null 2>&1 &"
 )
 
 
