@@ -170,6 +170,15 @@ def test_put_file_and_get_to_file_round_trip_a_multi_mib_file(storage: Storage, 
     assert spanning == data[3 * MIB + 7 : 8 * MIB + 7]
 
 
+def test_move_file_stores_the_scratch_file_like_put_file(storage: Storage, tmp_path: Path) -> None:
+    source = tmp_path / "memfile.scratch"
+    data = os.urandom(5 * MIB + 3)
+    source.write_bytes(data)
+    storage.move_file(f"{BUILD}/memfile", source)
+    assert storage.get(f"{BUILD}/memfile") == data
+    assert storage.list(f"{BUILD}/") == [f"{BUILD}/memfile"]
+
+
 @pytest.mark.parametrize(
     "operation",
     [

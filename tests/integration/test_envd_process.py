@@ -27,6 +27,13 @@ def test_non_zero_exit_code_and_stderr_are_reported(client: EnvdClient) -> None:
     assert (result.exit_code, result.stderr, result.status) == (7, b"oops\n", "exit status 7")
 
 
+def test_a_program_runs_without_a_shell_with_its_arguments_verbatim(client: EnvdClient) -> None:
+    result = client.run_program("/bin/echo", ["$HOME", "a  b"])
+    assert (result.stdout, result.exit_code) == (b"$HOME a  b\n", 0)
+    with pytest.raises(EnvdError, match="cannot start '/bin/ember-no-such-program'"):
+        client.run_program("/bin/ember-no-such-program")
+
+
 def test_env_vars_from_init_and_from_the_call_reach_the_process(agent: Agent) -> None:
     client = agent.client()
     client.init(env_vars={"FROM_INIT": "init-value"})

@@ -137,7 +137,9 @@ def test_sigkill_during_pause_leaves_the_parent_untouched_and_no_complete_build(
             process.stderr.read() if process.stderr else ""
         )
     process.send_signal(signal.SIGUSR1)
-    time.sleep(0.3)
+    # Killed as soon as it reports the VM paused: device state, diffs and upload are still ahead.
+    while "Paused" not in process.stdout.readline():
+        assert time.monotonic() < deadline and process.poll() is None, "the pause never started"
     process.kill()
     process.communicate(timeout=30)
     assert _digests(parent) == before

@@ -243,5 +243,5 @@ def export_rootfs_build(
             rootfs_header=header,
             rootfs_data=data_path,
         )
-        upload_build(storage, artifacts)
+        upload_build(storage, artifacts, consume_files=True)
     return replace(header, pending_upload=False)

@@ -37,8 +37,12 @@ class BuildArtifacts:
     snapfile: Path | None = None
 
 
-def upload_build(storage: Storage, artifacts: BuildArtifacts) -> None:
-    """Store every object of the build, metadata.json last; raises the first failure."""
+def upload_build(storage: Storage, artifacts: BuildArtifacts, *, consume_files: bool = False) -> None:
+    """Store every object of the build, metadata.json last; raises the first failure.
+
+    ``consume_files`` says the artifact files are scratch the caller drops afterwards, so a
+    local store may rename them into place (``Storage.move_file``) instead of copying them.
+    """
     paths = BuildPaths(artifacts.build_id)
     for header in (artifacts.rootfs_header, artifacts.memfile_header):
         if header is not None and header.metadata.build_id != artifacts.build_id:
@@ -55,7 +59,8 @@ def upload_build(storage: Storage, artifacts: BuildArtifacts) -> None:
 
     with ThreadPoolExecutor(max_workers=UPLOAD_WORKERS) as pool:
         pending = [pool.submit(storage.put, key, data) for key, data in blobs]
-        pending += [pool.submit(storage.put_file, key, path) for key, path in files]
+        store_file = storage.move_file if consume_files else storage.put_file
+        pending += [pool.submit(store_file, key, path) for key, path in files]
         for future in pending:
             future.result()
     storage.put(paths.metadata, artifacts.metadata.to_json())

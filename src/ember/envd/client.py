@@ -19,7 +19,7 @@ import json
 import secrets
 import signal
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -280,7 +280,18 @@ class EnvdClient:
         stdin: bool = False, tag: str | None = None, timeout_s: float | None = None,
     ) -> ProcessHandle:  # fmt: skip
         """Start ``/bin/bash -l -c cmd`` and return once envd reported its pid."""
-        config: Message = {"cmd": "/bin/bash", "args": ["-l", "-c", cmd], "envs": dict(envs or {})}
+        return self.start_program(
+            "/bin/bash", ["-l", "-c", cmd], user=user, cwd=cwd, envs=envs, stdin=stdin, tag=tag,
+            timeout_s=timeout_s,
+        )  # fmt: skip
+
+    def start_program(
+        self, path: str, args: Sequence[str] = (), *, user: str = "root", cwd: str | None = None,
+        envs: Mapping[str, str] | None = None, stdin: bool = False, tag: str | None = None,
+        timeout_s: float | None = None,
+    ) -> ProcessHandle:  # fmt: skip
+        """Start ``path`` with ``args`` and no shell: a login shell costs ~100 ms on a TCG guest."""
+        config: Message = {"cmd": path, "args": list(args), "envs": dict(envs or {})}
         if cwd is not None:
             config["cwd"] = cwd
         request: Message = {"process": config, "stdin": stdin}
@@ -312,14 +323,11 @@ class EnvdClient:
     ) -> ProcessResult:  # fmt: skip
         """Run ``cmd`` to completion; on timeout the process is killed and ``EnvdError`` raised."""
         handle = self.start(cmd, user=user, cwd=cwd, envs=envs, timeout_s=timeout_s)
-        try:
-            return handle.wait(on_stdout, on_stderr)
-        except EnvdError as exc:
-            if exc.code == "deadline_exceeded":
-                handle.kill()
-            raise
-        finally:
-            handle.close()
+        return _finish(handle, on_stdout, on_stderr)
+
+    def run_program(self, path: str, args: Sequence[str] = (), *, timeout_s: float = 60.0) -> ProcessResult:
+        """Run ``path`` as root without a shell, to completion (``run`` for a known binary)."""
+        return _finish(self.start_program(path, args, timeout_s=timeout_s), None, None)
 
     def list_processes(self) -> list[ProcessInfo]:
         reply = self.unary("process.Process/List", {})
@@ -430,3 +438,17 @@ def _check_http(operation: str, status: int, body: bytes, expected: int = 200) -
     if status == expected:
         return
     raise _rpc_error(operation, status, body)
+
+
+def _finish(
+    handle: ProcessHandle, on_stdout: OutputCallback | None, on_stderr: OutputCallback | None
+) -> ProcessResult:
+    """Wait for ``handle``'s exit; a timeout kills the process before ``EnvdError`` propagates."""
+    try:
+        return handle.wait(on_stdout, on_stderr)
+    except EnvdError as exc:
+        if exc.code == "deadline_exceeded":
+            handle.kill()
+        raise
+    finally:
+        handle.close()

@@ -194,7 +194,7 @@ def create_build(options: CreateOptions, progress: Progress = print) -> CreateRe
                 start.check()
 
         with _phase(phases, "snapshot", progress):
-            client.run("sync", timeout_s=60)
+            client.run_program("/bin/sync", timeout_s=60)
             vm.pause()
             snapshot = vm.snapshot(scratch / SNAPFILE)
             vm.stop()
@@ -225,6 +225,7 @@ def create_build(options: CreateOptions, progress: Progress = print) -> CreateRe
                     memfile_data=scratch / MEMFILE,
                     snapfile=snapshot.state_path,
                 ),
+                consume_files=True,
             )
     return CreateReport(options.to_build, kernel.version, vmm_version, memfile_header, rootfs_header, phases)
 

@@ -233,14 +233,18 @@ class RunningSandbox:
         started = time.monotonic()
         if self.prefetcher is not None:
             self.prefetcher.close()
-        self.envd.run("sync; echo 3 > /proc/sys/vm/drop_caches", timeout_s=60)
+        self.envd.run_program("/bin/sync", timeout_s=60)
         self.vm.pause()
-        snapshot = self.vm.snapshot(self.work_dir / SNAPFILE)
-        self.vm.stop()
         progress("⏸ Paused, exporting the diffs")
-        memfile_header = export_memory_diff(
-            self.memory, self.build.memfile.header, new_build, self.work_dir / MEMFILE
-        )
+        # A paused guest writes no memory, so its diff is exported while QEMU saves its device
+        # state and exits; the rootfs waits for the snapshot, which drains QEMU's disk writes.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="memory-export") as pool:
+            memory_export = pool.submit(
+                export_memory_diff, self.memory, self.build.memfile.header, new_build, self.work_dir / MEMFILE
+            )
+            snapshot = self.vm.snapshot(self.work_dir / SNAPFILE)
+            self.vm.stop()
+            memfile_header = memory_export.result()
         rootfs_header = export_diff(
             self.rootfs.overlay, self.build.rootfs.header, new_build, self.work_dir / ROOTFS
         )
@@ -259,6 +263,7 @@ class RunningSandbox:
                 memfile_data=self.work_dir / MEMFILE,
                 snapfile=snapshot.state_path,
             ),
+            consume_files=True,
         )
         return PauseResult(new_build, memfile_header, rootfs_header, time.monotonic() - started)
 

@@ -53,6 +53,15 @@ class Storage(abc.ABC):
     def put_file(self, key: str, path: Path) -> None:
         """Upload a local file without holding it in memory; atomic like ``put``."""
 
+    def move_file(self, key: str, path: Path) -> None:
+        """Store a scratch file its caller is done with; atomic like ``put``; ``path`` may be gone after.
+
+        Stores that can take the file over (a local directory on the same file system)
+        rename it into place instead of copying: a pause stores hundreds of MiB of memory
+        diff that nobody reads from the scratch directory again. Others upload it.
+        """
+        self.put_file(key, path)
+
     @abc.abstractmethod
     def get_to_file(self, key: str, path: Path) -> None:
         """Download the object to ``path`` without holding it in memory; all or nothing."""

@@ -329,6 +329,11 @@ class ChunkCache(Storage):
         self._inner.put_file(key, path)
         self._invalidate(key)
 
+    def move_file(self, key: str, path: Path) -> None:
+        self._invalidate(key)
+        self._inner.move_file(key, path)
+        self._invalidate(key)
+
     def list(self, prefix: str) -> list[str]:
         return self._inner.list(prefix)
 

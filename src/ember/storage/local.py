@@ -14,6 +14,7 @@ so readers in any process see the old file or the new one, never part of it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import BinaryIO
 from ember.errors import ObjectNotFound, StorageError
 from ember.storage.base import (
     COPY_BUFFER_SIZE,
+    OBJECT_MODE,
     Storage,
     atomic_write,
     check_key,
@@ -47,6 +49,10 @@ class LocalStorage(Storage):
     def url(self) -> str:
         return self._root.as_uri()
 
+    def path_of(self, key: str) -> Path:
+        """The file holding object ``key`` (it may not exist), for readers that keep it open."""
+        return self._path(key)
+
     def _path(self, key: str) -> Path:
         return self._root / check_key(key)
 
@@ -70,6 +76,25 @@ class LocalStorage(Storage):
                 atomic_write(self._path(key), lambda target: _copy(source, target))
         except OSError as exc:
             raise StorageError(f"cannot read upload source {path}: {exc}; check the path") from exc
+
+    def move_file(self, key: str, path: Path) -> None:
+        """Rename ``path`` into place after making it durable; copy when it is on another file system."""
+        target = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fchmod(fd, OBJECT_MODE)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                self.put_file(key, path)
+                return
+            message = f"cannot store {path} as {target}: {exc}; check the path and permissions"
+            raise StorageError(message) from exc
 
     def get_to_file(self, key: str, path: Path) -> None:
         try:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,38 @@ def test_delete_prefix_removes_emptied_build_directories(tmp_path: Path) -> None
 def test_upload_of_a_missing_file_is_a_storage_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="upload source"):
         LocalStorage(tmp_path).put_file(f"{BUILD}/memfile", tmp_path / "nope")
+
+
+def test_move_file_takes_the_file_over_instead_of_copying(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch" / "memfile"
+    scratch.parent.mkdir()
+    scratch.write_bytes(b"diff pages")
+    scratch.chmod(0o600)
+    inode = scratch.stat().st_ino
+    LocalStorage(tmp_path / "store").move_file(f"{BUILD}/memfile", scratch)
+    stored = tmp_path / "store" / BUILD / "memfile"
+    assert not scratch.exists()
+    assert stored.stat().st_ino == inode
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o644
+    assert stored.read_bytes() == b"diff pages"
+
+
+def test_move_file_across_file_systems_copies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scratch = tmp_path / "memfile.scratch"
+    scratch.write_bytes(b"diff pages")
+
+    real_replace = os.replace
+
+    def cross_device(source: str | Path, target: str | Path) -> None:
+        if Path(source) == scratch:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", cross_device)
+    LocalStorage(tmp_path / "store").move_file(f"{BUILD}/memfile", scratch)
+    assert (tmp_path / "store" / BUILD / "memfile").read_bytes() == b"diff pages"
+
+
+def test_move_of_a_missing_file_is_a_storage_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="nope"):
+        LocalStorage(tmp_path).move_file(f"{BUILD}/memfile", tmp_path / "nope")
