@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -111,6 +112,33 @@ def test_iterations_print_the_seed_statistics(chain: tuple[Path, list[uuid.UUID]
         r"^Min: [\d.]+ms \| Max: [\d.]+ms \| Avg: [\d.]+ms \| StdDev: [\d.]+ms$", result.stdout, re.M
     )
     assert re.search(r"^P95: [\d.]+ms \| P99: [\d.]+ms$", result.stdout, re.M)
+
+
+def test_interactive_mode_serves_envd_until_ctrl_c_then_cleans_up(
+    chain: tuple[Path, list[uuid.UUID]],
+) -> None:
+    storage, builds = chain
+    env = {**os.environ, "HOST_KERNELS_DIR": str(cache_dir() / "kernels")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ember", "resume-build", "-from-build", str(builds[0]),
+         "-storage", str(storage), "-iterations", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    while not lines or "Press Ctrl+C" not in lines[-1]:
+        assert time.monotonic() < deadline and process.poll() is None, "".join(lines)
+        lines.append(process.stdout.readline())
+    address = re.search(r"envd: (http://[\d.]+:49983)", "".join(lines))
+    assert address, "".join(lines)
+    with urllib.request.urlopen(f"{address.group(1)}/health", timeout=10) as answer:
+        assert answer.status == 204
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "Stopping the sandbox" in out
+    assert subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, check=False).returncode != 0
 
 
 def _digests(directory: Path) -> dict[str, str]:

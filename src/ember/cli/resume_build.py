@@ -241,6 +241,7 @@ def _interactive(sandbox: RunningSandbox) -> None:
     try:
         while not stop.wait(0.5):
             sandbox.vm.check_alive()
+        print("⏹ Stopping the sandbox", flush=True)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
