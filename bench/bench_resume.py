@@ -13,13 +13,16 @@ written out as one flat file. Then, interleaved so a busy machine slows all alik
 * cold from a simulated bucket: the local objects behind ``FIRST_BYTE_S`` of latency per
   ranged read (a GCS-like time to first byte), which is where parallel fetches pay off;
   the emulator itself serves one request at a time and slows down under concurrent ones;
-* this process's RSS over repeated resumes (should stay flat).
+* this process's RSS over repeated resumes (should stay flat);
+* the memory of a real ``ember resume-build -iterations N`` process (one sandbox at a time,
+  what each running sandbox costs): RSS, PSS and private memory sampled while it resumes,
+  next to the same interpreter having only imported ember's resume command.
 
 Needs root, /dev/fuse, qemu-system-x86_64 and a provisioned kernel (HOST_KERNELS_DIR,
 default /var/cache/ember/kernels).
 
-    python bench/bench_resume.py            # 5 runs per variant, 20 resumes for RSS
-    python bench/bench_resume.py --quick    # 3 runs, 8 resumes
+    python bench/bench_resume.py            # 5 runs per variant, 20 resumes for RSS, 100 CLI resumes
+    python bench/bench_resume.py --quick    # 3 runs, 8 resumes, 10 CLI resumes
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -163,6 +167,68 @@ def rss_mib() -> float:
     return 0.0
 
 
+def memory_kib(pid: int) -> dict[str, int]:
+    """``Rss``, ``Pss`` and private (clean + dirty) KiB of a live process."""
+    fields: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, value = line.split(":", 1)
+        fields[name] = int(value.split()[0])
+    return {"rss": fields["Rss"], "pss": fields["Pss"],
+            "private": fields["Private_Clean"] + fields["Private_Dirty"]}  # fmt: skip
+
+
+def cli_memory(storage_dir: Path, build_id: uuid.UUID, iterations: int) -> str:
+    """Memory of ``ember resume-build -iterations N`` sampled every 0.2 s, vs its imports alone."""
+    imports_only = subprocess.Popen(
+        [sys.executable, "-c", "import sys, ember.cli.resume_build; sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+    )
+    time.sleep(3)
+    idle = memory_kib(imports_only.pid)
+    imports_only.communicate(b"")
+    command = [sys.executable, "-m", "ember", "resume-build", "-from-build", str(build_id),
+               "-storage", str(storage_dir), "-iterations", str(iterations)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    stdout = process.stdout
+    first_done = threading.Event()
+
+    def read_output() -> str:
+        lines = []
+        for line in stdout:
+            lines.append(line)
+            if line.startswith("[ 1]"):
+                first_done.set()
+        return "".join(lines)
+
+    samples: list[dict[str, int]] = []
+    after_first: dict[str, int] | None = None
+    with concurrent.futures.ThreadPoolExecutor(1) as reader:
+        output = reader.submit(read_output)
+        while process.poll() is None:
+            with contextlib.suppress(OSError, KeyError):
+                samples.append(memory_kib(process.pid))
+                if after_first is None and first_done.is_set():
+                    after_first = samples[-1]
+            time.sleep(0.2)
+        text = output.result()
+    if process.returncode != 0 or after_first is None:
+        raise SystemExit(f"resume-build failed (exit {process.returncode}):\n{text}")
+    peak = {key: max(sample[key] for sample in samples) for key in ("rss", "pss", "private")}
+
+    def mib(sample: dict[str, int]) -> str:
+        rss, pss, private = (sample[key] / 1024 for key in ("rss", "pss", "private"))
+        return f"RSS {rss:5.1f}  PSS {pss:5.1f}  private {private:5.1f}"
+
+    return (
+        f"ember resume-build -iterations {iterations}, MiB:\n"
+        f"  imports only (baseline)   {mib(idle)}\n"
+        f"  after the first resume    {mib(after_first)}\n"
+        f"  at the last sample        {mib(samples[-1])}\n"
+        f"  peak                      {mib(peak)}"
+    )
+
+
 def interleave(runs: int, variants: dict[str, Callable[[int], float]]) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {name: [] for name in variants}
     for run in range(runs):
@@ -175,7 +241,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 runs per variant, 8 resumes for RSS")
     args = parser.parse_args()
-    runs, rss_runs = (3, 8) if args.quick else (5, 20)
+    runs, rss_runs, cli_runs = (3, 8, 10) if args.quick else (5, 20, 100)
     os.environ.setdefault("HOST_KERNELS_DIR", KERNELS)
     with tempfile.TemporaryDirectory(prefix="bench-resume-", dir="/var/tmp") as scratch, SlotPool() as pool:
         root = Path(scratch)
@@ -240,6 +306,7 @@ def main() -> None:
             lazy(build, env, next(work), pool, prefetch=True)
             rss.append(rss_mib())
         print(f"ember RSS over {rss_runs} resumes: {rss[0]:.1f} -> {rss[1]:.1f} (1) -> {rss[-1]:.1f} MiB")
+        print(cli_memory(root / "store", build_id, cli_runs))
         print(f"total {time.monotonic() - began:.1f} s")
 
 
