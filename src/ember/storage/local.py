@@ -9,6 +9,13 @@ Layout (the same relative keys as a bucket, facts file 1.1)::
 
 Every write lands in a temporary sibling, is fsynced, then ``os.replace``d over the key,
 so readers in any process see the old file or the new one, never part of it.
+
+Ranged reads keep up to ``max_open_files`` descriptors open (an LRU): a layered device
+read is one ``preadv`` per stored segment, and opening the object for each one would
+cost more than the read. Writes and deletes through this instance drop the descriptors
+of the objects they touch. Build objects are never rewritten in place (a new version is a
+new file renamed over the key), so a descriptor kept open reads one consistent version;
+a replacement made by another process is seen once its descriptor is evicted.
 """
 
 from __future__ import annotations
@@ -17,8 +24,10 @@ import contextlib
 import errno
 import os
 import shutil
+import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from ember.errors import ObjectNotFound, StorageError
 from ember.storage.base import (
@@ -33,13 +42,22 @@ from ember.storage.base import (
     preadv_full,
     writable_view,
 )
+from ember.storage.open_files import DEFAULT_MAX_OPEN_FILES, OpenFiles
+
+_T = TypeVar("_T")
 
 
 class LocalStorage(Storage):
     """A directory used as an object store; the root need not exist until the first put."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, max_open_files: int = DEFAULT_MAX_OPEN_FILES) -> None:
         self._root = root.absolute()
+        self._files = OpenFiles(max_open_files)
+        weakref.finalize(self, self._files.close)
+
+    def close(self) -> None:
+        """Close the descriptors kept for reads; the storage stays usable and reopens on demand."""
+        self._files.close()
 
     @property
     def root(self) -> Path:
@@ -68,9 +86,11 @@ class LocalStorage(Storage):
             raise self._missing(key, exc) from exc
 
     def put(self, key: str, data: bytes) -> None:
+        self._files.discard_object(key)
         atomic_write(self._path(key), lambda target: target.write(data))
 
     def put_file(self, key: str, path: Path) -> None:
+        self._files.discard_object(key)
         try:
             with path.open("rb") as source:
                 atomic_write(self._path(key), lambda target: _copy(source, target))
@@ -80,6 +100,7 @@ class LocalStorage(Storage):
     def move_file(self, key: str, path: Path) -> None:
         """Rename ``path`` into place after making it durable; copy when it is on another file system."""
         target = self._path(key)
+        self._files.discard_object(key)
         try:
             fd = os.open(path, os.O_RDONLY)
             try:
@@ -105,25 +126,30 @@ class LocalStorage(Storage):
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         check_range(offset, length)
-        try:
-            with self._path(key).open("rb") as source:
-                return os.pread(source.fileno(), length, offset) if length else b""
-        except OSError as exc:
-            raise self._missing(key, exc) from exc
+        return self._with_open_file(key, lambda fd: os.pread(fd, length, offset) if length else b"")
 
     def read_range_into(self, key: str, offset: int, buffer: bytearray | memoryview) -> int:
         view = writable_view(buffer)
         check_range(offset, len(view))
+        return self._with_open_file(key, lambda fd: preadv_full(fd, view, offset))
+
+    def _with_open_file(self, key: str, read: Callable[[int], _T]) -> _T:
+        """``read`` on a kept-open descriptor of ``key``, opened (and kept) when it is not."""
+        name = (key, 0)
+        entry = self._files.acquire(name)
+        if entry is None:
+            try:
+                fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise self._missing(key, exc) from exc
+            entry = self._files.add(name, fd)
         try:
-            fd = os.open(self._path(key), os.O_RDONLY)
+            return read(entry.fd)
         except OSError as exc:
-            raise self._missing(key, exc) from exc
-        try:
-            return preadv_full(fd, view, offset)
-        except OSError as exc:
+            self._files.discard(name, entry)
             raise self._missing(key, exc) from exc
         finally:
-            os.close(fd)
+            self._files.release(entry)
 
     def size(self, key: str) -> int:
         try:
@@ -151,6 +177,7 @@ class LocalStorage(Storage):
     def delete_prefix(self, prefix: str) -> int:
         keys = self.list(prefix)
         for key in keys:
+            self._files.discard_object(key)
             try:
                 self._path(key).unlink()
             except FileNotFoundError:

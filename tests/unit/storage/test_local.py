@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ember.errors import StorageError
+from ember.errors import ObjectNotFound, StorageError
 from ember.storage import LocalStorage
 from ember.storage.base import atomic_write
 
@@ -88,3 +88,32 @@ def test_move_file_across_file_systems_copies(tmp_path: Path, monkeypatch: pytes
 def test_move_of_a_missing_file_is_a_storage_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="nope"):
         LocalStorage(tmp_path).move_file(f"{BUILD}/memfile", tmp_path / "nope")
+
+
+def test_reads_see_an_object_replaced_or_deleted_through_the_same_storage(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    storage.put(f"{BUILD}/memfile", b"first version")
+    buffer = bytearray(5)
+    storage.read_range_into(f"{BUILD}/memfile", 0, buffer)
+    storage.put(f"{BUILD}/memfile", b"other version")
+    storage.read_range_into(f"{BUILD}/memfile", 0, buffer)
+    assert buffer == b"other"
+    storage.delete_prefix(f"{BUILD}/")
+    with pytest.raises(ObjectNotFound):
+        storage.read_range_into(f"{BUILD}/memfile", 0, buffer)
+
+
+def test_reads_of_many_objects_keep_at_most_max_open_files_descriptors(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path, max_open_files=4)
+    keys = [f"{BUILD}/object-{index}" for index in range(20)]
+    for index, key in enumerate(keys):
+        storage.put(key, bytes([index]) * 8)
+    before = len(os.listdir("/proc/self/fd"))
+    buffer = bytearray(8)
+    for round_ in range(3):
+        for index, key in enumerate(keys):
+            storage.read_range_into(key, 0, buffer)
+            assert buffer == bytes([index]) * 8, (round_, key)
+    assert len(os.listdir("/proc/self/fd")) <= before + 4
+    storage.close()
+    assert len(os.listdir("/proc/self/fd")) <= before
