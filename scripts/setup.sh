@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 #   debootstrap   the default template's Debian root filesystem
 #   iptables      iptables-restore/-save: sandbox network slots' NAT and forwarding rules
 #   procps, util-linux, iproute2  sysctl, nsenter/setpriv, ip: slots and VMM launches
+#   gcc, python3-dev  compile the page server's native fault loop (src/ember/uffd/_faultloop.c)
 apt_packages=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_packages+=(python3-venv)
 need() { command -v "$1" >/dev/null || [[ -e $1 ]] || apt_packages+=("$2"); }
@@ -29,6 +30,9 @@ need iptables-restore iptables
 need /usr/sbin/sysctl procps
 need /usr/bin/nsenter util-linux
 need /usr/sbin/ip iproute2
+need gcc gcc
+python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_path("include") + "/Python.h"))' \
+    || apt_packages+=(python3-dev)
 if ((${#apt_packages[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "setup: missing Debian packages: ${apt_packages[*]}; run as root or apt-get install them" >&2
@@ -40,7 +44,11 @@ if ((${#apt_packages[@]})); then
 fi
 
 stamp=.venv/.installed
-if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+stale=0  # the editable install compiles each C extension next to its source
+for source in src/ember/*/_*.c; do
+    { [[ $source -nt $stamp ]] || ! compgen -G "${source%.c}.*.so" >/dev/null; } && stale=1
+done
+if [[ ! -f $stamp || pyproject.toml -nt $stamp || $stale == 1 ]]; then
     echo "setup: creating .venv and installing ember with its test dependencies"
     [[ -x .venv/bin/python ]] || python3 -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip

@@ -21,6 +21,35 @@ One fault, in the serve thread (facts file 4.5)::
 Sequential faults grow the copy unit (1, 2, 4 ... pages up to ``max_copy_bytes``) over pages
 that are still NOT_PRESENT, so a guest streaming through memory costs fewer round trips.
 
+Serving a fault in Python makes a round trip about 3x longer than in C (26 us against 9 us
+with the faulting thread on the server's CPU, bench/bench_uffd.py). So when the memfile's
+data are uncompressed files of a ``LocalStorage`` (``BuildFile.local_data_files``), the
+serve thread runs the fast path in C (``_faultloop``, compiled by ``make setup``) without
+the GIL: it reads messages and serves plain missing faults exactly as ``_serve_fault``
+does, reading the files with ``pread`` through a segment table made from the header. It
+hands every message it does not serve back to Python untouched: a batch holding a REMOVE
+event, WP and MINOR faults, a read that fails (Python retries it and reports the failure),
+an unexpected errno, a fault when its access log is full; EAGAIN faults come back to be
+retried later, as Python's own do. Python serves them with the code below, which stays the
+one implementation of every slow case, and then runs the loop again until ``close`` stops
+it. After a fault the loop keeps reading for ``_SPIN_NS`` before it sleeps: the next fault
+of the same thread usually follows within microseconds, and waking a sleeping server costs
+more than that on a VM whose idle CPUs halt. Other sources (remote builds behind a
+``ChunkCache``, compressed builds, anything not a ``BuildFile``) are served by Python.
+
+What the C loop shares: the tracker's state array, which it writes without the tracker's
+lock; the counts and the read-ahead window (an int64 array that ``stats`` adds to the
+Python counts); its ring of accesses, which ``AccessRecorder`` drains under its lock before
+it records or reports, so first accesses keep their order. Between runs of the loop Python
+writes states on the same thread. The only other writer while it runs is ``prefault``,
+whose ``mark_installed`` follows its own install: when both serve one page, the kernel maps
+it once and the other install fails with EEXIST and only wakes the guest. The loop's
+unlocked store may then land between ``mark_installed``'s read and write and leave CLEAN
+where the loop wrote DIRTY for a write fault; the prefault had mapped the page, so without
+write protection the tracker would miss the write anyway (as it misses every write to a
+page installed by a read), and with it the guest's write faults again as a WP fault, which
+Python marks DIRTY.
+
 Guarantees: a page is never installed from anything but the memfile or zeros; the tracker,
 the access record and the counts show an install before the install wakes the guest; a source read
 that fails is retried ``SOURCE_RETRIES`` times (50 ms doubling to 500 ms) and then the server
@@ -42,6 +71,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Protocol
 
+import numpy as np
+
+from ember.build import BuildFile
 from ember.errors import EmberError, VmError
 from ember.uffd.handshake import ACCEPT_TIMEOUT_S, Handshake, HandshakeListener, Region
 from ember.uffd.ioctl import (
@@ -52,10 +84,18 @@ from ember.uffd.ioctl import (
     PAGEFAULT_FLAG_WP,
     PAGEFAULT_FLAG_WRITE,
     InstallResult,
+    UffdMessage,
     Userfaultfd,
     parse_messages,
 )
 from ember.uffd.tracker import AccessRecorder, AccessType, PageState, PageTracker
+
+try:
+    import ember.uffd._faultloop as _faultloop
+except ImportError as exc:
+    raise VmError(
+        f"ember's native page-fault loop is not built ({exc}): run `make setup` to compile it"
+    ) from exc
 
 SOURCE_RETRIES: Final = 3
 RETRY_FIRST_DELAY_S: Final = 0.05
@@ -65,6 +105,11 @@ _ZERO_PAGE: Final = bytes(_SMALL_PAGE)
 _MESSAGES_PER_READ: Final = 256
 _DEFERRED_POLL_MS: Final = 1
 _JOIN_TIMEOUT_S: Final = 10.0
+_ACCESS_LOG_ENTRIES: Final = 1 << 16
+# How long the native loop keeps reading after a fault before it sleeps: longer than the gap
+# between one thread's faults (10-15 us here), short enough that a quiet guest costs nothing.
+_SPIN_NS: Final = 50_000
+_LOGGED_ACCESS: Final = (AccessType.READ, AccessType.WRITE)
 
 
 class PageSource(Protocol):
@@ -80,10 +125,12 @@ class PageSource(Protocol):
 class PageServerStats:
     """Counts since the server started; ``bytes_installed`` includes read-ahead pages.
 
-    The server's own instance is updated by its thread; ``PageServer.stats`` hands out copies.
+    The server's own instance is updated by its thread; ``PageServer.stats`` hands out copies
+    with the native loop's counts added (``native_faults`` of the ``faults`` were served there).
     """
 
     faults: int = 0
+    native_faults: int = 0
     installs: int = 0
     bytes_installed: int = 0
     zero_installs: int = 0
@@ -151,8 +198,11 @@ class PageServer:
         self._buffers: list[_CopyBuffer] = []
         self._bases: list[int] = []
         self._regions: tuple[Region, ...] = ()
-        self._sequential_next = -1
-        self._window_pages = 1
+        self._native: _faultloop.FaultLoop | None = None
+        self._source_fds: list[int] = []
+        self._shared = np.zeros(_faultloop.SLOTS, dtype=np.int64)
+        self._shared[_faultloop.SEQUENTIAL_NEXT] = -1
+        self._shared[_faultloop.WINDOW_PAGES] = 1
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -184,6 +234,8 @@ class PageServer:
     def close(self) -> None:
         """Stop serving and release the socket, fds and buffers. Stop the VM first."""
         self._stopping.set()
+        if self._native is not None:
+            self._native.stop()
         with contextlib.suppress(BlockingIOError):
             os.write(self._wake_write, b"x")
         if self._thread.is_alive():
@@ -193,6 +245,10 @@ class PageServer:
             self._handshake.close()
             self._handshake = None
         self._buffers.clear()
+        if not self._thread.is_alive():  # a serve thread stuck past the join may still read them
+            for fd in self._source_fds:
+                os.close(fd)
+            self._source_fds.clear()
         for fd in (self._wake_read, self._wake_write):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -222,7 +278,19 @@ class PageServer:
 
     @property
     def stats(self) -> PageServerStats:
-        return dataclasses.replace(self._counts)
+        native = self._shared.tolist()
+        counts = self._counts
+        return PageServerStats(
+            faults=counts.faults + native[_faultloop.FAULTS],
+            native_faults=native[_faultloop.FAULTS],
+            installs=counts.installs + native[_faultloop.INSTALLS],
+            bytes_installed=counts.bytes_installed + native[_faultloop.BYTES_INSTALLED],
+            zero_installs=counts.zero_installs + native[_faultloop.ZERO_INSTALLS],
+            removes=counts.removes,
+            deferred=counts.deferred + native[_faultloop.DEFERRED],
+            source_retries=counts.source_retries,
+            peer_gone=counts.peer_gone or bool(native[_faultloop.PEER_GONE]),
+        )
 
     def prefault(self, offset: int, timeout_s: float = ACCEPT_TIMEOUT_S) -> bool:
         """Install the page holding memfile ``offset`` (read mode) if it is NOT_PRESENT; True if installed.
@@ -291,7 +359,58 @@ class PageServer:
         self._regions = regions
         self._bases = [region.base_host_virt_addr for region in regions]
         self._tracker = PageTracker(self.source.size // page_size)
-        self._recorder = AccessRecorder(page_size)
+        native = self._native = self._native_loop(handshake, self._tracker)
+        if native is None:
+            self._recorder = AccessRecorder(page_size)
+        else:
+            self._recorder = AccessRecorder(page_size, lambda: _native_accesses(native))
+
+    def _native_loop(self, handshake: Handshake, tracker: PageTracker) -> _faultloop.FaultLoop | None:
+        """The C fast path over the memfile's local data files; None leaves every fault to Python."""
+        source = self.source
+        if not isinstance(source, BuildFile):
+            return None
+        files = source.local_data_files()
+        if files is None:
+            return None
+        fd_of_build: list[int] = []
+        for path in files:
+            if path is None:
+                fd_of_build.append(-1)
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:  # Python's reads report the file when a fault needs it
+                return None
+            self._source_fds.append(fd)
+            fd_of_build.append(fd)
+        mappings = source.header.mappings
+        segments = np.stack(
+            [
+                mappings.offsets.astype(np.int64),
+                mappings.lengths.astype(np.int64),
+                mappings.storage_offsets.astype(np.int64),
+                np.array(fd_of_build, dtype=np.int64)[mappings.build_index],
+            ],
+            axis=1,
+        )
+        regions = np.array(
+            [(r.base_host_virt_addr, r.end_host_virt_addr, r.offset) for r in self._regions], dtype=np.uint64
+        )
+        return _faultloop.FaultLoop(
+            uffd=handshake.uffd,
+            wake_fd=self._wake_read,
+            page_size=handshake.page_size,
+            regions=regions,
+            segments=segments,
+            states=tracker.shared_states(),
+            copy=self._buffers[0].view,
+            zeros=self._buffers[2].view,
+            shared=self._shared,
+            log_capacity=_ACCESS_LOG_ENTRIES,
+            write_protect=self.write_protect,
+            spin_ns=_SPIN_NS,
+        )
 
     def _serve(self, handshake: Handshake) -> None:
         poller = select.poll()
@@ -301,29 +420,40 @@ class PageServer:
         raw = bytearray(MESSAGE_BYTES * _MESSAGES_PER_READ)
         deferred: list[tuple[int, int]] = []
         while not self._stopping.is_set():
-            poller.poll(_DEFERRED_POLL_MS if deferred else None)
-            with contextlib.suppress(BlockingIOError):
-                os.read(self._wake_read, 64)
             faults, deferred = deferred, []
-            while True:
-                try:
-                    count = os.readv(handshake.uffd, [raw])
-                except BlockingIOError:
-                    break
-                messages = parse_messages(memoryview(raw)[:count])
-                for message in messages:
-                    if message.event == EVENT_PAGEFAULT:
-                        faults.append((message.second, message.first))
-                    elif message.event == EVENT_REMOVE:
-                        self._remove(message.first, message.second)
-                if len(messages) < _MESSAGES_PER_READ:
-                    break
+            if self._native is not None and not faults:
+                unhandled, retry = self._native.run()
+                deferred = self._take_events(parse_messages(retry))
+                faults = self._take_events(parse_messages(unhandled))
+            else:
+                poller.poll(_DEFERRED_POLL_MS if faults else None)
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_read, 64)
+                while True:
+                    try:
+                        count = os.readv(handshake.uffd, [raw])
+                    except BlockingIOError:
+                        break
+                    messages = parse_messages(memoryview(raw)[:count])
+                    faults += self._take_events(messages)
+                    if len(messages) < _MESSAGES_PER_READ:
+                        break
             for address, flags in faults:
                 if self._stopping.is_set():
                     return
                 if self._serve_fault(uffd, address, flags) is InstallResult.RETRY:
                     deferred.append((address, flags))
                     self._counts.deferred += 1
+
+    def _take_events(self, messages: list[UffdMessage]) -> list[tuple[int, int]]:
+        """Apply the REMOVE events among ``messages`` now; their faults ``(address, flags)`` to serve next."""
+        faults = []
+        for message in messages:
+            if message.event == EVENT_PAGEFAULT:
+                faults.append((message.second, message.first))
+            elif message.event == EVENT_REMOVE:
+                self._remove(message.first, message.second)
+        return faults
 
     def _region_of(self, address: int) -> Region:
         index = bisect.bisect_right(self._bases, address) - 1
@@ -389,7 +519,8 @@ class PageServer:
         counts.installs -= 1
         counts.bytes_installed -= pages * page_size
         counts.zero_installs -= zero
-        if result is InstallResult.EXISTS:
+        if result is InstallResult.EXISTS:  # mapped meanwhile by a prefault: the read-ahead was not
+            tracker.set_range(page + 1, page + pages, PageState.NOT_PRESENT)
             uffd.wake(page_address, page_size)
         elif result is InstallResult.GONE:
             counts.peer_gone = True
@@ -399,19 +530,20 @@ class PageServer:
         return result
 
     def _copy_pages(self, region: Region, page: int, write: bool) -> int:
-        """How many pages to install for a fault on ``page``: more while faults run sequentially."""
-        if page == self._sequential_next and not (write and self.write_protect):
-            self._window_pages *= 2
-        else:
-            self._window_pages = 1
-        limit = min(
-            self._window_pages,
-            len(self._buffers[0].view) // region.page_size,
-            (region.offset + region.size) // region.page_size - page,
-        )
-        pages = self.tracker.absent_run(page, limit) if limit > 1 else 1
-        self._sequential_next = page + pages
-        return max(pages, 1)
+        """How many pages to install for a fault on ``page``: more while faults run sequentially.
+
+        The window lives in the array the native loop shares, so both paths grow one window.
+        """
+        shared = self._shared
+        capacity = len(self._buffers[0].view) // region.page_size
+        window = 1
+        if page == int(shared[_faultloop.SEQUENTIAL_NEXT]) and not (write and self.write_protect):
+            window = min(int(shared[_faultloop.WINDOW_PAGES]) * 2, capacity)
+        limit = min(window, (region.offset + region.size) // region.page_size - page)
+        pages = max(self.tracker.absent_run(page, limit) if limit > 1 else 1, 1)
+        shared[_faultloop.WINDOW_PAGES] = window
+        shared[_faultloop.SEQUENTIAL_NEXT] = page + pages
+        return pages
 
     def _install(
         self, uffd: Userfaultfd, address: int, length: int, zero: bool, write: bool
@@ -442,3 +574,8 @@ class PageServer:
             if self._stopping.wait(delay_s * random.uniform(1.0, 1.2)):
                 raise VmError("the page server was closed while retrying a memfile read") from failure
             delay_s = min(delay_s * 2, RETRY_MAX_DELAY_S)
+
+
+def _native_accesses(loop: _faultloop.FaultLoop) -> list[tuple[int, AccessType]]:
+    """The native loop's access log entries (``page * 2 + write``) since the last call."""
+    return [(entry >> 1, _LOGGED_ACCESS[entry & 1]) for entry in loop.drain()]

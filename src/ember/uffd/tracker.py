@@ -17,12 +17,18 @@ DIRTY and leaves REMOVED alone; ``set_range`` forces a state (REMOVE events).
 The tracker sees writes only when it is told of them: write faults, and write-protect faults
 where the VMM registered WP. Without WP a page installed by a read and written later stays
 CLEAN here, which is why the Firecracker pause path takes its dirty set from a Diff snapshot.
+
+Both classes are thread safe among Python threads. The page server's native fault loop
+(``ember.uffd.server``) also writes the state array, without the lock, and keeps its first
+accesses in a log of its own that ``AccessRecorder`` takes in (``backlog``) before it records
+or reports anything, so the order of first accesses stays the order they happened in.
 """
 
 from __future__ import annotations
 
 import enum
 import threading
+from collections.abc import Callable
 from typing import Final
 
 import numpy as np
@@ -66,6 +72,10 @@ class PageTracker:
     @property
     def page_count(self) -> int:
         return len(self._states)
+
+    def shared_states(self) -> npt.NDArray[np.uint8]:
+        """The state array itself, for the native fault loop (see the module docstring)."""
+        return self._states
 
     def state_of(self, page: int) -> PageState:
         self._check(page, page + 1)
@@ -123,20 +133,34 @@ class PageTracker:
 
 
 class AccessRecorder:
-    """First access of each page, in order: the data a later resume prefetches (facts file 4.6)."""
+    """First access of each page, in order: the data a later resume prefetches (facts file 4.6).
 
-    def __init__(self, page_size: int) -> None:
+    ``backlog``, when given, hands over the accesses recorded elsewhere since its last call
+    (the native fault loop's log); they are taken in before anything is recorded or reported.
+    """
+
+    def __init__(
+        self, page_size: int, backlog: Callable[[], list[tuple[int, AccessType]]] | None = None
+    ) -> None:
         self.page_size = page_size
         self._order: dict[int, AccessType] = {}
+        self._backlog = backlog
         self._lock = threading.Lock()
 
     def record(self, page: int, access: AccessType) -> None:
         with self._lock:
+            self._take_backlog()
             self._order.setdefault(page, access)
 
     def prefetch(self) -> MemoryPrefetch:
         """Pages in first-access order with their access types, for ``TemplateMetadata.prefetch``."""
         with self._lock:
+            self._take_backlog()
             pages = tuple(self._order)
             types = tuple(access.value for access in self._order.values())
         return MemoryPrefetch(indices=pages, access_types=types, block_size=self.page_size)
+
+    def _take_backlog(self) -> None:
+        if self._backlog is not None:
+            for page, access in self._backlog():
+                self._order.setdefault(page, access)

@@ -88,3 +88,17 @@ def test_the_recorder_keeps_each_pages_first_access_in_order() -> None:
     assert prefetch.indices == (7, 2, 9)
     assert prefetch.access_types == ("r", "w", "p")
     assert prefetch.block_size == 4096
+
+
+def test_accesses_from_the_backlog_come_before_the_ones_recorded_after_them() -> None:
+    pending = [[(7, AccessType.READ), (3, AccessType.WRITE)], [(9, AccessType.READ), (7, AccessType.WRITE)]]
+    recorder = AccessRecorder(4096, backlog=lambda: pending.pop(0) if pending else [])
+    recorder.record(5, AccessType.PREFETCH)
+    recorder.record(3, AccessType.PREFETCH)
+    prefetch = recorder.prefetch()
+    assert list(zip(prefetch.indices, prefetch.access_types, strict=True)) == [
+        (7, "r"),
+        (3, "w"),
+        (5, "p"),
+        (9, "r"),
+    ]

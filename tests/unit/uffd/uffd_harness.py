@@ -19,14 +19,16 @@ import select
 import signal
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ember.build import BuildFile
-from ember.header import serialize_header
+from ember.header import DiffMetadata, Header, empty_device_header, serialize_header
 from ember.memory import export_memory
-from ember.storage import MEMFILE, BuildPaths, LocalStorage
+from ember.storage import MEMFILE, BuildPaths, LocalStorage, Storage
 from ember.uffd import negotiate_api, open_userfaultfd, register
 from ember.uffd.ioctl import FEATURE_EVENT_REMOVE, REGISTER_MODE_MISSING, REGISTER_MODE_WP
 
@@ -38,6 +40,40 @@ def page_pattern(page: int, page_size: int) -> bytes:
     """Recognisable, page-specific, non-zero content."""
     seed = hashlib.sha256(page.to_bytes(8, "little")).digest()
     return (seed * (page_size // len(seed) + 1))[:page_size]
+
+
+def layer_pattern(generation: int, page: int, page_size: int) -> bytes:
+    """What layer ``generation`` of a chain writes into ``page``: distinct per layer and page."""
+    seed = hashlib.sha256(f"{generation}/{page}".encode()).digest()
+    return (seed * (page_size // len(seed) + 1))[:page_size]
+
+
+def store_chain(
+    storage: Storage, page_size: int, page_count: int, layers: Sequence[Mapping[int, bool]]
+) -> tuple[BuildFile, list[bytes]]:
+    """A memfile chain stored the way pauses store it, and the image its top build reads as.
+
+    Layer ``g`` (generation ``g + 1``) writes ``layer_pattern`` into each page it maps to True
+    and zeroes each page it maps to False (a nil mapping); pages no layer names stay nil.
+    """
+    image = [bytes(page_size)] * page_count
+    header: Header | None = None
+    build = uuid.uuid4()
+    for generation, layer in enumerate(layers, start=1):
+        build = uuid.uuid4()
+        dirty = sorted(page for page, written in layer.items() if written)
+        empty = sorted(page for page, written in layer.items() if not written)
+        parent = header or empty_device_header(build, page_size * page_count, page_size)
+        diff = DiffMetadata(np.array(dirty, dtype=np.uint64), np.array(empty, dtype=np.uint64), page_size)
+        header = diff.to_diff_header(parent, build)
+        for page in empty:
+            image[page] = bytes(page_size)
+        for page in dirty:
+            image[page] = layer_pattern(generation, page, page_size)
+        paths = BuildPaths(build)
+        storage.put(paths.data_object(MEMFILE), b"".join(image[page] for page in dirty))
+        storage.put(paths.header(MEMFILE), serialize_header(header))
+    return BuildFile.open(storage, build, MEMFILE), image
 
 
 def store_memfile(root: Path, page_size: int, page_count: int, data_pages: Sequence[int]) -> BuildFile:
@@ -128,7 +164,7 @@ def run_child(
 
 
 def _read_all(fd: int, timeout_s: float) -> bytes | None:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         readable, _, _ = select.select([fd], [], [], timeout_s)
         if not readable:
