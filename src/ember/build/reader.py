@@ -10,17 +10,24 @@ The top build's header maps every device byte to the build that holds it (facts 
             at storage    no storage  at storage      frames covering the range)
             offset        call        offset
 
-A read plans its segments once (one binary search over the mapping columns, then one
-step per mapping row it crosses, never one per 4 KiB block; rows of one build that are
-contiguous in storage become one segment). Each segment then lands directly in its slice
-of the caller's buffer: nil segments are zero-filled there, stored ones are read there with
-one ``read_range_into`` each, framed ones are decoded and copied there. No intermediate
-buffer holds the device bytes, so ``readinto`` copies each byte once (``read_at`` allocates
-the buffer and copies once more into the returned ``bytes``).
+Two paths fill a read, and every byte lands directly in its slice of the caller's buffer
+(no intermediate buffer holds the device bytes):
 
-One storage call per segment is cheap on local storage and through a ``ChunkCache`` (one
-``preadv`` on an open chunk file); straight against a bucket it would be one request per
-segment, so put a ``ChunkCache`` in front of remote storage.
+* The native loop (``ember.storage._mapped``), over a ``LocalStorage`` or a ``ChunkCache``:
+  one C call per read walks the mapping columns itself (a binary search, then row by row),
+  zero-fills nil pieces and copies stored ones from read-only maps of the data files (a
+  local object mapped whole, a cached 4 MiB chunk file each), without the GIL. A fragmented
+  chain crosses ~100 segments per 4 MiB, and a Python step plus a syscall per segment would
+  cost several times the copy. Whatever the loop cannot serve (a chunk not cached or not
+  mapped yet, a compressed build, a short object, a header gap) it hands back with how far
+  it got.
+* The Python path serves those pieces, one mapping row at a time, through the storage's
+  ``read_range_into`` (which fetches chunks into the cache and validates them), maps the
+  chunks that read brought in, and returns to the loop for the rest. It is the only
+  implementation of a miss and of every error below. Other storages use it for the whole
+  read: it plans the segments once (rows of one build that are contiguous in storage become
+  one segment) and makes one storage call per segment, so put a ``ChunkCache`` in front of
+  remote storage.
 
 Guarantees:
 
@@ -28,7 +35,10 @@ Guarantees:
 * a read past the device size is short; a read at or past the end returns nothing;
 * a data object shorter than a mapping needs, or missing, raises ``BuildError`` naming the
   build, the object and the offsets: missing data is never served as zeros;
-* a ``BuildFile`` is immutable apart from lock-guarded caches, so threads may share one.
+* a ``BuildFile`` is immutable apart from lock-guarded caches, so threads may share one;
+* the native loop reads only what the storage's own read path fetched and validated, and
+  only through maps the storage keeps valid (``ember.storage.mapped`` explains their
+  lifetime and the SIGBUS hazard of files truncated behind ember's back).
 """
 
 from __future__ import annotations
@@ -37,7 +47,8 @@ import bisect
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Any, Final
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -51,10 +62,16 @@ from ember.header import (
     Header,
     deserialize_header,
 )
-from ember.storage import MEMFILE, ROOTFS, BuildPaths, Storage
+from ember.storage import MEMFILE, ROOTFS, BuildPaths, ChunkCache, LocalStorage, Storage
 from ember.storage.base import writable_view
+from ember.storage.mapped import ChunkTable, new_gather
+
+if TYPE_CHECKING:
+    from ember.storage._mapped import Gather
 
 _ZEROS: Final = memoryview(bytes(4 << 20))
+_NOT_MAPPED: Final[ChunkTable] = np.array([0, 63, 0], dtype=np.uint64)
+"""The chunk table of a build nothing is mapped for yet: the native loop hands its pieces back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +141,18 @@ class BuildFile:
         self._builds = table.builds
         self._lock = threading.Lock()
         self._sources: dict[int, _Source | None] = {}
+        self._mapped_storage = _mapped_storage(storage)
+        self._gather: Gather | None = None
+        self._tables: tuple[ChunkTable | None, ...] = ()
+        self._whole_reads = True  # False once a framed build is seen: gather.read would miss on it
+        if self._mapped_storage is not None:
+            self._maps = self._mapped_storage.mapped_files().maps
+            self._columns = [
+                np.ascontiguousarray(column)
+                for column in (table.offsets, table.lengths, table.storage_offsets, table.build_index)
+            ]
+            self._tables = tuple(None if build == NIL_UUID else _NOT_MAPPED for build in self._builds)
+            self._gather = self._new_gather(self._tables)
 
     @classmethod
     def open(cls, storage: Storage, build_id: uuid.UUID | str, file_name: str) -> BuildFile:
@@ -157,23 +186,108 @@ class BuildFile:
     def block_size(self) -> int:
         return self.header.metadata.block_size
 
+    def local_data_files(self) -> tuple[Path | None, ...] | None:
+        """Per build of ``header.mappings.builds``: the local file holding its data, None for nil.
+
+        None overall unless every build's data is an uncompressed file of a ``LocalStorage``:
+        then a reader that cannot afford ``readinto`` per page (the uffd page server's native
+        loop) reads the files itself where the mapping columns point.
+        """
+        storage = self._storage
+        if not isinstance(storage, LocalStorage):
+            return None
+        files: list[Path | None] = []
+        for build_index in range(len(self._builds)):
+            source = self._source(build_index)
+            if source is None:
+                files.append(None)
+                continue
+            path = storage.path_of(source.key)
+            if source.frames is not None or not path.is_file():
+                return None
+            files.append(path)
+        return tuple(files)
+
     def read_at(self, offset: int, length: int) -> bytes:
         """``length`` bytes from ``offset``; fewer only where the device ends."""
+        gather = self._gather
+        if gather is not None and self._whole_reads and offset >= 0 and length >= 0:
+            data = gather.read(offset, length)
+            if data is not None:
+                return data
         end = self._end_of(offset, length)
         if offset >= end:
             return b""
         buffer = bytearray(end - offset)
-        self._fill(memoryview(buffer), offset)
+        self.readinto(buffer, offset)
         return bytes(buffer)
 
     def readinto(self, buffer: bytearray | memoryview, offset: int) -> int:
         """Fill ``buffer`` from device ``offset``; returns the bytes filled (short only at the end)."""
+        gather = self._gather
+        if gather is None or offset < 0:
+            view = writable_view(buffer)
+            end = self._end_of(offset, len(view))
+            if offset >= end:
+                return 0
+            self._fill(view[: end - offset], offset)
+            return end - offset
+        try:
+            result = gather.readinto(buffer, offset, 0)
+        except (BufferError, TypeError):
+            writable_view(buffer)  # raises the UsageError callers expect for a read-only buffer
+            raise
+        return result if result >= 0 else self._finish(gather, buffer, offset, -result - 1)
+
+    def _finish(self, gather: Gather, buffer: bytearray | memoryview, offset: int, stop: int) -> int:
+        """Serve a read from byte ``stop`` of ``buffer`` on, where the native loop handed it back.
+
+        Python serves one mapping row's piece through the storage, maps the chunks that read
+        brought in, and gives the rest back to the loop, until the read is done.
+        """
         view = writable_view(buffer)
-        end = self._end_of(offset, len(view))
-        if offset >= end:
-            return 0
-        self._fill(view[: end - offset], offset)
-        return end - offset
+        end = self._end_of(offset, len(view)) - offset
+        while True:
+            device_offset, length, build_index, storage_offset = self._segment_at(offset + stop, offset + end)
+            self._read_segment(view, offset, device_offset, length, build_index, storage_offset)
+            self._map_segment(build_index, storage_offset, length)
+            stop = device_offset + length - offset
+            if stop >= end:
+                return end
+            gather = self._gather or gather  # the mapping may have brought a new table
+            result = gather.readinto(view, offset, stop)
+            if result >= 0:
+                return result
+            stop = -result - 1
+
+    def _segment_at(self, position: int, end: int) -> tuple[int, int, int, int]:
+        """The piece of the mapping row holding ``position``, up to ``end`` at most."""
+        row = bisect.bisect_right(self._offsets, position) - 1
+        if row < 0:
+            raise self._gap(position)
+        shift = position - self._offsets[row]
+        if shift >= self._lengths[row]:
+            raise self._gap(position)
+        take = min(self._lengths[row] - shift, end - position)
+        return position, take, self._build_index[row], self._storage_offsets[row] + shift
+
+    def _map_segment(self, build_index: int, storage_offset: int, length: int) -> None:
+        """Map the data a Python read just served, so the native loop serves it next time."""
+        storage = self._mapped_storage
+        source = self._sources.get(build_index)
+        if storage is None or source is None or source.frames is not None:
+            return
+        table = storage.map_range(source.key, storage_offset, length)
+        if table is None or table is self._tables[build_index]:
+            return
+        with self._lock:
+            tables = list(self._tables)
+            tables[build_index] = table
+            self._tables = tuple(tables)
+            self._gather = self._new_gather(self._tables)
+
+    def _new_gather(self, tables: tuple[ChunkTable | None, ...]) -> Gather:
+        return new_gather(self._maps, self._columns, self.size, tables)
 
     def _end_of(self, offset: int, length: int) -> int:
         if offset < 0 or length < 0:
@@ -183,29 +297,39 @@ class BuildFile:
     def _fill(self, view: memoryview, offset: int) -> None:
         """Fill ``view`` with device bytes ``[offset, offset + len(view))``, all inside the device.
 
-        This loop runs once per segment (dozens per 4 MiB read of a fragmented chain), so the
-        common cases are spelled out inline rather than behind helper calls.
+        The path of storages without maps: one storage call per planned segment.
         """
-        sources = self._sources
-        read_into = self._storage.read_range_into
         for device_offset, length, build_index, storage_offset in self._plan(offset, offset + len(view)):
-            low = device_offset - offset
-            target = view[low : low + length]
-            source = sources[build_index] if build_index in sources else self._source(build_index)
-            if source is None:
-                _zero_fill(target)
-            elif source.frames is None:
-                try:
-                    filled = read_into(source.key, storage_offset, target)
-                except ObjectNotFound as exc:
-                    raise self._missing(source, device_offset) from exc
-                if filled != length:
-                    raise self._truncated(source, storage_offset, filled, length, device_offset)
-            else:
-                position = 0
-                for piece in self._framed.read(source.key, source.frames, storage_offset, length):
-                    target[position : position + len(piece)] = piece
-                    position += len(piece)
+            self._read_segment(view, offset, device_offset, length, build_index, storage_offset)
+
+    def _read_segment(
+        self,
+        view: memoryview,
+        offset: int,
+        device_offset: int,
+        length: int,
+        build_index: int,
+        storage_offset: int,
+    ) -> None:
+        """Fill the slice of ``view`` (device ``offset`` at its start) that one segment covers."""
+        low = device_offset - offset
+        target = view[low : low + length]
+        sources = self._sources
+        source = sources[build_index] if build_index in sources else self._source(build_index)
+        if source is None:
+            _zero_fill(target)
+        elif source.frames is None:
+            try:
+                filled = self._storage.read_range_into(source.key, storage_offset, target)
+            except ObjectNotFound as exc:
+                raise self._missing(source, device_offset) from exc
+            if filled != length:
+                raise self._truncated(source, storage_offset, filled, length, device_offset)
+        else:
+            position = 0
+            for piece in self._framed.read(source.key, source.frames, storage_offset, length):
+                target[position : position + len(piece)] = piece
+                position += len(piece)
 
     def _plan(self, offset: int, end: int) -> list[tuple[int, int, int, int]]:
         """``(device offset, length, build index, storage offset)`` segments covering ``[offset, end)``.
@@ -266,6 +390,8 @@ class BuildFile:
             source = _Source(build, BuildPaths(build).data_object(self.file_name, compression), frames)
         with self._lock:
             self._sources[build_index] = source
+            if source is not None and source.frames is not None:
+                self._whole_reads = False
         return source
 
     def _missing(self, source: _Source, device_offset: int) -> BuildError:
@@ -284,6 +410,14 @@ class BuildFile:
             f"bytes [{storage_offset}, {storage_offset + length}) for device offset {device_offset}: "
             f"the object is truncated or corrupt; re-upload build {source.build_id}"
         )
+
+
+def _mapped_storage(storage: Storage) -> LocalStorage | ChunkCache | None:
+    """``storage`` when the native loop may read its files: only the stock classes, since a
+    subclass that overrides its reads (latency or failure injection) must see every read."""
+    if type(storage) is LocalStorage or type(storage) is ChunkCache:
+        return storage
+    return None
 
 
 def _column(values: np.ndarray[Any, np.dtype[Any]]) -> memoryview:

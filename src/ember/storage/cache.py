@@ -22,7 +22,8 @@ Guarantees:
   process see a whole chunk or none;
 * a chunk file whose length is not the expected one (torn by a crash, truncated by hand)
   is deleted and fetched again;
-* a chunk file truncated in place while open is noticed by its short read, and refetched;
+* a chunk file truncated in place while open is noticed by its short read, and refetched
+  (by the descriptor path; a mapped one would raise SIGBUS: see below and ``mapped.py``);
 * concurrent requests for one chunk inside a process share one fetch from ``inner``;
 * writes and deletes go to ``inner`` and drop the cached files, sizes and open descriptors
   of the keys they touch.
@@ -33,6 +34,14 @@ is read once (from ``inner`` or ``size.txt``) and then kept in memory, and up to
 ``max_open_files`` validated chunk files stay open, so a warm read is one ``preadv`` with no
 ``open`` or ``stat``. An open chunk file whose name is replaced or deleted by another
 process (a refetch, ``clean-nfs-cache``) still reads the same immutable bytes.
+
+Layered device reads (``BuildFile``) go further: once a read through this class has fetched
+and validated a chunk, the chunk file is mapped (``map_range``, up to ``max_mapped`` chunks,
+never on NFS or another network file system) and the native loop copies from it with no
+call here; a chunk that is not mapped sends the loop back to ``read_range_into``. The
+pieces it copies count as ``chunk_hits``. Mapping relies on the same rule as the open
+descriptors: ember replaces and deletes chunk files by rename and unlink, never by
+truncating them in place (which would make a mapped read raise SIGBUS).
 """
 
 from __future__ import annotations
@@ -49,9 +58,11 @@ from pathlib import Path
 
 from ember.errors import StorageError
 from ember.storage.base import Storage, atomic_write, check_key, check_range, preadv_full, writable_view
+from ember.storage.mapped import DEFAULT_MAX_MAPPED, ChunkTable, MappedFiles
 from ember.storage.open_files import DEFAULT_MAX_OPEN_FILES, OpenFile, OpenFiles
 
 MEMORY_CHUNK_SIZE = 4 << 20
+_CHUNK_SHIFT = MEMORY_CHUNK_SIZE.bit_length() - 1
 SIZE_FILE = "size.txt"
 CONTENT_FILE = "content.bin"
 
@@ -78,10 +89,18 @@ class ChunkCache(Storage):
     """``inner`` with ranged reads served from 4 MiB chunk files under ``root``.
 
     Up to ``max_open_files`` chunk files stay open between reads, so a warm read costs one
-    ``preadv`` and no ``open``/``stat``; ``close`` (or garbage collection) closes them.
+    ``preadv`` and no ``open``/``stat``, and up to ``max_mapped`` stay mapped for layered
+    reads; ``close`` (or garbage collection) closes and unmaps them.
     """
 
-    def __init__(self, inner: Storage, root: Path, *, max_open_files: int = DEFAULT_MAX_OPEN_FILES) -> None:
+    def __init__(
+        self,
+        inner: Storage,
+        root: Path,
+        *,
+        max_open_files: int = DEFAULT_MAX_OPEN_FILES,
+        max_mapped: int = DEFAULT_MAX_MAPPED,
+    ) -> None:
         self._inner = inner
         self._root = root.absolute()
         self._lock = threading.Lock()
@@ -89,6 +108,8 @@ class ChunkCache(Storage):
         self._sizes: dict[str, int] = {}
         self._counts = {field.name: 0 for field in fields(CacheStats)}
         self._files = OpenFiles(max_open_files)
+        self._max_mapped = max_mapped
+        self._mapped: MappedFiles | None = None
         weakref.finalize(self, self._files.close)
 
     @property
@@ -100,12 +121,42 @@ class ChunkCache(Storage):
         return self._root
 
     def close(self) -> None:
-        """Close the chunk files kept open; the cache stays usable and reopens them on demand."""
+        """Close and unmap the chunk files kept; the cache stays usable and reopens them on demand
+        (a map still being read goes when its reader is done)."""
         self._files.close()
+        if self._mapped is not None:
+            self._mapped.close()
 
     def stats(self) -> CacheStats:
         with self._lock:
-            return CacheStats(**self._counts)
+            counts = dict(self._counts)
+        if self._mapped is not None:
+            counts["chunk_hits"] += self._mapped.hits
+        return CacheStats(**counts)
+
+    def mapped_files(self) -> MappedFiles:
+        """The chunk files mapped for native readers; made on first use (needs the compiled loop)."""
+        with self._lock:
+            if self._mapped is None:
+                self._mapped = MappedFiles(_CHUNK_SHIFT, max_mapped=self._max_mapped)
+            return self._mapped
+
+    def map_range(self, key: str, offset: int, length: int) -> ChunkTable | None:
+        """The chunk table of ``key`` with the cached chunks of ``[offset, offset + length)`` mapped.
+
+        Called after ``read_range_into`` served that range, so its chunks were fetched; one
+        that is not on disk whole (a failed cache write, a torn file) stays unmapped and is
+        handled by the next read through ``read_range_into``.
+        """
+        mapped = self.mapped_files()
+        size = self.size(key)
+        for index in range(offset >> _CHUNK_SHIFT, ((min(offset + length, size) - 1) >> _CHUNK_SHIFT) + 1):
+            if not mapped.is_mapped(key, index):
+                path = self._dir(key) / chunk_file_name(index)
+                mapped.map_file(
+                    key, index, path, size, min(MEMORY_CHUNK_SIZE, size - index * MEMORY_CHUNK_SIZE)
+                )
+        return mapped.table(key)
 
     def _count(self, name: str) -> None:
         with self._lock:
@@ -125,6 +176,8 @@ class ChunkCache(Storage):
         with self._lock:
             self._sizes.pop(key, None)
         self._files.discard_object(key)
+        if self._mapped is not None:
+            self._mapped.discard_object(key)
         shutil.rmtree(self._dir(key), ignore_errors=True)
 
     def size(self, key: str) -> int:

@@ -10,12 +10,14 @@ Layout (the same relative keys as a bucket, facts file 1.1)::
 Every write lands in a temporary sibling, is fsynced, then ``os.replace``d over the key,
 so readers in any process see the old file or the new one, never part of it.
 
-Ranged reads keep up to ``max_open_files`` descriptors open (an LRU): a layered device
-read is one ``preadv`` per stored segment, and opening the object for each one would
-cost more than the read. Writes and deletes through this instance drop the descriptors
-of the objects they touch. Build objects are never rewritten in place (a new version is a
-new file renamed over the key), so a descriptor kept open reads one consistent version;
-a replacement made by another process is seen once its descriptor is evicted.
+Ranged reads keep up to ``max_open_files`` descriptors open (an LRU): opening the object
+for every read would cost more than the read. A layered device read (``BuildFile``) goes
+further: once an object was read it is mapped whole (``mapped.py``, up to ``max_mapped``
+objects) and the native loop copies its segments from memory, with no call here at all.
+Writes and deletes through this instance drop the descriptors and maps of the objects they
+touch. Build objects are never rewritten in place (a new version is a new file renamed over
+the key), so a descriptor or map kept open reads one consistent version; a replacement made
+by another process is seen once its descriptor or map is evicted.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import contextlib
 import errno
 import os
 import shutil
+import threading
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +45,7 @@ from ember.storage.base import (
     preadv_full,
     writable_view,
 )
+from ember.storage.mapped import DEFAULT_MAX_MAPPED, ChunkTable, MappedFiles
 from ember.storage.open_files import DEFAULT_MAX_OPEN_FILES, OpenFiles
 
 _T = TypeVar("_T")
@@ -50,14 +54,50 @@ _T = TypeVar("_T")
 class LocalStorage(Storage):
     """A directory used as an object store; the root need not exist until the first put."""
 
-    def __init__(self, root: Path, *, max_open_files: int = DEFAULT_MAX_OPEN_FILES) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_open_files: int = DEFAULT_MAX_OPEN_FILES,
+        max_mapped: int = DEFAULT_MAX_MAPPED,
+    ) -> None:
         self._root = root.absolute()
         self._files = OpenFiles(max_open_files)
+        self._max_mapped = max_mapped
+        self._mapped: MappedFiles | None = None
+        self._mapped_lock = threading.Lock()
         weakref.finalize(self, self._files.close)
 
     def close(self) -> None:
-        """Close the descriptors kept for reads; the storage stays usable and reopens on demand."""
+        """Close the descriptors and drop the maps kept for reads; the storage stays usable and
+        reopens on demand (a map still being read goes when its reader is done)."""
         self._files.close()
+        if self._mapped is not None:
+            self._mapped.close()
+
+    def mapped_files(self) -> MappedFiles:
+        """The objects mapped for native readers; made on first use (needs the compiled loop)."""
+        with self._mapped_lock:
+            if self._mapped is None:
+                self._mapped = MappedFiles(max_mapped=self._max_mapped)
+            return self._mapped
+
+    def map_range(self, key: str, offset: int, length: int) -> ChunkTable | None:
+        """The chunk table of ``key`` with the whole object mapped (whatever the range), when it can be.
+
+        Called after a read through ``read_range_into`` succeeded, so the object exists; one
+        that cannot be opened or mapped any more stays on the descriptor path.
+        """
+        mapped = self.mapped_files()
+        if not mapped.is_mapped(key, 0):
+            mapped.map_file(key, 0, self._path(key), None, 0)
+        return mapped.table(key)
+
+    def _discard(self, key: str) -> None:
+        """Forget the descriptors and maps of ``key``: it is being replaced or deleted."""
+        self._files.discard_object(key)
+        if self._mapped is not None:
+            self._mapped.discard_object(key)
 
     @property
     def root(self) -> Path:
@@ -86,21 +126,26 @@ class LocalStorage(Storage):
             raise self._missing(key, exc) from exc
 
     def put(self, key: str, data: bytes) -> None:
-        self._files.discard_object(key)
-        atomic_write(self._path(key), lambda target: target.write(data))
+        self._discard(key)
+        try:
+            atomic_write(self._path(key), lambda target: target.write(data))
+        finally:
+            self._discard(key)
 
     def put_file(self, key: str, path: Path) -> None:
-        self._files.discard_object(key)
+        self._discard(key)
         try:
             with path.open("rb") as source:
                 atomic_write(self._path(key), lambda target: _copy(source, target))
         except OSError as exc:
             raise StorageError(f"cannot read upload source {path}: {exc}; check the path") from exc
+        finally:
+            self._discard(key)
 
     def move_file(self, key: str, path: Path) -> None:
         """Rename ``path`` into place after making it durable; copy when it is on another file system."""
         target = self._path(key)
-        self._files.discard_object(key)
+        self._discard(key)
         try:
             fd = os.open(path, os.O_RDONLY)
             try:
@@ -110,6 +155,7 @@ class LocalStorage(Storage):
                 os.close(fd)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
+            self._discard(key)
         except OSError as exc:
             if exc.errno == errno.EXDEV:
                 self.put_file(key, path)
@@ -177,13 +223,15 @@ class LocalStorage(Storage):
     def delete_prefix(self, prefix: str) -> int:
         keys = self.list(prefix)
         for key in keys:
-            self._files.discard_object(key)
+            self._discard(key)
             try:
                 self._path(key).unlink()
             except FileNotFoundError:
                 continue
             except OSError as exc:
                 raise StorageError(f"cannot delete {key!r} in {self.url}: {exc}; check permissions") from exc
+            finally:
+                self._discard(key)
         for directory in sorted({self._path(key).parent for key in keys}, key=lambda p: -len(p.parts)):
             _remove_empty_dirs(directory, self._root)
         return len(keys)
