@@ -15,7 +15,7 @@ written out as one flat file. Then, interleaved so a busy machine slows all alik
   the emulator itself serves one request at a time and slows down under concurrent ones;
 * this process's RSS over repeated resumes (should stay flat);
 * the memory of a real ``ember resume-build -iterations N`` process (one sandbox at a time,
-  what each running sandbox costs): RSS, PSS and private memory sampled while it resumes,
+  what each running sandbox costs): RSS, PSS and anonymous memory sampled while it resumes,
   next to the same interpreter having only imported ember's resume command.
 
 Needs root, /dev/fuse, qemu-system-x86_64 and a provisioned kernel (HOST_KERNELS_DIR,
@@ -168,13 +168,17 @@ def rss_mib() -> float:
 
 
 def memory_kib(pid: int) -> dict[str, int]:
-    """``Rss``, ``Pss`` and private (clean + dirty) KiB of a live process."""
+    """``Rss``, ``Pss`` and anonymous KiB of a live process.
+
+    Anonymous memory is what the process itself allocated. Pages of the build's data files
+    that layered reads copy from (read-only maps) count in RSS, and as "private" while no
+    other process maps them, yet they are the page cache's, shared and reclaimable.
+    """
     fields: dict[str, int] = {}
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
         name, value = line.split(":", 1)
         fields[name] = int(value.split()[0])
-    return {"rss": fields["Rss"], "pss": fields["Pss"],
-            "private": fields["Private_Clean"] + fields["Private_Dirty"]}  # fmt: skip
+    return {"rss": fields["Rss"], "pss": fields["Pss"], "anon": fields["Anonymous"]}
 
 
 def cli_memory(storage_dir: Path, build_id: uuid.UUID, iterations: int) -> str:
@@ -214,11 +218,11 @@ def cli_memory(storage_dir: Path, build_id: uuid.UUID, iterations: int) -> str:
         text = output.result()
     if process.returncode != 0 or after_first is None:
         raise SystemExit(f"resume-build failed (exit {process.returncode}):\n{text}")
-    peak = {key: max(sample[key] for sample in samples) for key in ("rss", "pss", "private")}
+    peak = {key: max(sample[key] for sample in samples) for key in ("rss", "pss", "anon")}
 
     def mib(sample: dict[str, int]) -> str:
-        rss, pss, private = (sample[key] / 1024 for key in ("rss", "pss", "private"))
-        return f"RSS {rss:5.1f}  PSS {pss:5.1f}  private {private:5.1f}"
+        rss, pss, anon = (sample[key] / 1024 for key in ("rss", "pss", "anon"))
+        return f"RSS {rss:5.1f}  PSS {pss:5.1f}  anonymous {anon:5.1f}"
 
     return (
         f"ember resume-build -iterations {iterations}, MiB:\n"
