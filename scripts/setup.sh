@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 #   debootstrap   the default template's Debian root filesystem
 #   iptables      iptables-restore/-save: sandbox network slots' NAT and forwarding rules
 #   procps, util-linux, iproute2  sysctl, nsenter/setpriv, ip: slots and VMM launches
-#   gcc, python3-dev  compile the page server's native fault loop (src/ember/uffd/_faultloop.c)
+#   gcc, python3-dev  compile the C extensions (src/ember/*/_*.c: fault loop, mapped reads, diff packing)
 apt_packages=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_packages+=(python3-venv)
 need() { command -v "$1" >/dev/null || [[ -e $1 ]] || apt_packages+=("$2"); }

@@ -12,12 +12,17 @@ the storage offset ``DiffMetadata.to_diff_header`` assigns to each run::
     header   [0,4K) -> new @0   [4K,8K) -> parent   [8K,12K) -> nil
              [12K,20K) -> new @4K   [20K,24K) -> parent   [24K,28K) -> new @12K
 
-Long runs are copied from the cache file with ``copy_file_range`` (a reflink on XFS, an
-in-kernel copy elsewhere); short runs, the scattered blocks a guest leaves, are read into a
-staging buffer written out in large pieces. Where the kernel or file system refuses
-``copy_file_range``, long runs are staged too. Writes are held out for the whole export, so
-the data and the block sets agree. No sync precedes the copy: a completed ``pwrite`` is in
-the page cache, which both paths read, and the cache file is discarded with the sandbox.
+The copy is one call into a native loop (``_pack.c``, which also gives the measurements
+behind it): each short run, the scattered blocks a guest leaves, is spliced from the source
+into a pipe that is written out a megabyte at a time (one copy, one syscall per run, no
+GIL); long runs are copied with ``copy_file_range`` (a reflink on XFS, an in-kernel copy
+elsewhere). The loop stops at anything unusual (an errno, a source that ends early, a
+kernel without splice) and reports how much of the diff file is complete; ``_DiffWriter``
+packs the rest through a staging buffer and raises the errors. Writes are held out for the
+whole export, so the data and the block sets agree; that also keeps the pages the pipe
+holds by reference (not by copy) unchanged until they are written out. No sync precedes the
+copy: a completed ``pwrite`` is in the page cache, which both paths read, and the cache
+file is discarded with the sandbox.
 """
 
 from __future__ import annotations
@@ -40,42 +45,57 @@ from ember.errors import BuildError, StorageError
 from ember.header import Header
 from ember.storage import ROOTFS, Storage
 
+try:
+    from ember.block import _pack
+except ImportError as exc:  # the extension is compiled by `make setup`
+    _IMPORT_ERROR: ImportError | None = exc
+else:
+    _IMPORT_ERROR = None
+
 _NO_KERNEL_COPY: Final = frozenset({errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
 """copy_file_range errors meaning "not here" (EINVAL: file systems without support on older kernels)."""
 KERNEL_COPY_MIN_BYTES: Final = 1 << 20
-"""Dirty runs at least this long are copied with copy_file_range; shorter ones are staged."""
+"""Dirty runs at least this long are copied with copy_file_range; shorter ones are piped or staged."""
 STAGE_BYTES: Final = 8 << 20
 """Bytes of short runs collected before one write to the diff file."""
 
 
-def dirty_runs(dirty: npt.NDArray[np.uint64]) -> list[tuple[int, int]]:
-    """Maximal runs ``[start, end)`` of consecutive block indices in sorted ``dirty``."""
-    if len(dirty) == 0:
-        return []
-    blocks = dirty.astype(np.int64)
+def _run_bounds(dirty: npt.NDArray[np.uint64]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    """First blocks and block ends of the maximal runs of consecutive indices in sorted ``dirty``."""
+    blocks = dirty.astype(np.uint64)
+    if len(blocks) == 0:
+        return blocks, blocks
     breaks = np.flatnonzero(np.diff(blocks) != 1) + 1
     starts = blocks[np.concatenate(([0], breaks))]
-    ends = blocks[np.concatenate((breaks - 1, [len(blocks) - 1]))] + 1
+    ends = blocks[np.concatenate((breaks - 1, [len(blocks) - 1]))] + np.uint64(1)
+    return starts, ends
+
+
+def dirty_runs(dirty: npt.NDArray[np.uint64]) -> list[tuple[int, int]]:
+    """Maximal runs ``[start, end)`` of consecutive block indices in sorted ``dirty``."""
+    starts, ends = _run_bounds(dirty)
     return list(zip(starts.tolist(), ends.tolist(), strict=True))
 
 
 class _DiffWriter:
     """Appends runs of a source file (cache file, guest RAM) to the diff file at the next packed offset.
 
-    Runs of at least ``KERNEL_COPY_MIN_BYTES`` go through ``copy_file_range`` (in the kernel,
-    a reflink where the file system shares extents). Shorter runs, the scattered blocks a
-    guest leaves, are read one ``preadv`` each into a staging buffer that is written out in
-    one ``pwrite`` when full: per 8 KiB run from the page cache a ``preadv`` took ~2 µs where
-    a ``copy_file_range``, which sets up a splice each time, took ~6.5 µs. Where the kernel
-    refuses to copy, long runs are staged too.
+    The writer of whatever the native loop leaves: it retries the piece the loop stopped at
+    and raises ember's errors for what fails. Runs of at least ``KERNEL_COPY_MIN_BYTES`` go
+    through ``copy_file_range``; shorter runs are read one ``preadv`` each into a staging
+    buffer that is written out in one ``pwrite`` when full (per 8 KiB run from the page
+    cache a ``preadv`` took ~2 µs where a ``copy_file_range``, which sets up a splice each
+    time, took ~6.5 µs). Where the kernel refuses to copy, long runs are staged too.
     """
 
-    def __init__(self, source_fd: int, source_name: Path, target_fd: int, target_name: Path) -> None:
+    def __init__(
+        self, source_fd: int, source_name: Path, target_fd: int, target_name: Path, target_offset: int
+    ) -> None:
         self._source_name = source_name
         self._source_fd = source_fd
         self._target_fd = target_fd
         self._target_name = target_name
-        self._target_offset = 0
+        self._target_offset = target_offset
         self._kernel_copy = True
         self._stage = memoryview(bytearray(STAGE_BYTES))
         self._staged = 0
@@ -181,15 +201,35 @@ def pack_blocks(
     source_fd: int, source_name: Path, dirty: npt.NDArray[np.uint64], block_size: int, out_path: Path
 ) -> None:
     """Write the ``dirty`` blocks of the source file to ``out_path``, packed in ascending block order."""
+    if _IMPORT_ERROR is not None:
+        raise StorageError(
+            f"ember's native diff packer is not built ({_IMPORT_ERROR}): run `make setup` to compile it"
+        )
+    starts, ends = _run_bounds(dirty)
+    offsets = starts * np.uint64(block_size)
+    lengths = (ends - starts) * np.uint64(block_size)
     try:
         target_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     except OSError as exc:
         raise StorageError(f"cannot create diff file {out_path}: {exc}; check the directory") from exc
     try:
-        runs = [(start * block_size, (end - start) * block_size) for start, end in dirty_runs(dirty)]
-        _DiffWriter(source_fd, source_name, target_fd, out_path).append_runs(runs)
+        written = _pack.pack(source_fd, target_fd, offsets, lengths, KERNEL_COPY_MIN_BYTES)
+        if written < int(lengths.sum()):
+            writer = _DiffWriter(source_fd, source_name, target_fd, out_path, written)
+            writer.append_runs(_runs_after(offsets, lengths, written))
     finally:
         os.close(target_fd)
+
+
+def _runs_after(
+    offsets: npt.NDArray[np.uint64], lengths: npt.NDArray[np.uint64], written: int
+) -> list[tuple[int, int]]:
+    """The ``(source offset, length)`` runs still to pack once the first ``written`` bytes are."""
+    first = int(np.searchsorted(np.cumsum(lengths), written, side="right"))
+    runs = list(zip(offsets[first:].tolist(), lengths[first:].tolist(), strict=True))
+    done = written - int(lengths[:first].sum())
+    runs[0] = (runs[0][0] + done, runs[0][1] - done)
+    return runs
 
 
 def export_diff(overlay: Overlay, parent_header: Header, new_build_id: uuid.UUID, out_path: Path) -> Header:

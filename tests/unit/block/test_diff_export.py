@@ -139,8 +139,22 @@ def mixed_parent() -> Header:
     return parent_header(MIXED_BLOCKS)
 
 
+class StopsAtOnce:
+    """The native packer stopping before its first byte, as it does on a failure."""
+
+    @staticmethod
+    def pack(*args: object) -> int:
+        return 0
+
+
+@pytest.fixture
+def python_writer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every run packed by the Python writer, whose syscalls these tests watch or break."""
+    monkeypatch.setattr(export_module, "_pack", StopsAtOnce)
+
+
 def test_the_diff_file_holds_every_dirty_block_of_short_and_long_runs(
-    mixed_runs: tuple[Overlay, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    python_writer: None, mixed_runs: tuple[Overlay, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     overlay, expected = mixed_runs
     calls: list[str] = []
@@ -163,7 +177,7 @@ def test_the_diff_file_holds_every_dirty_block_of_short_and_long_runs(
 
 
 def test_a_small_staging_buffer_gives_the_same_diff(
-    mixed_runs: tuple[Overlay, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    python_writer: None, mixed_runs: tuple[Overlay, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     overlay, expected = mixed_runs
     monkeypatch.setattr(export_module, "STAGE_BYTES", 3 * BLOCK)
@@ -174,7 +188,11 @@ def test_a_small_staging_buffer_gives_the_same_diff(
 
 @pytest.mark.parametrize("code", [errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS])
 def test_without_copy_file_range_long_runs_are_staged_too(
-    mixed_runs: tuple[Overlay, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+    python_writer: None,
+    mixed_runs: tuple[Overlay, bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    code: int,
 ) -> None:
     overlay, expected = mixed_runs
     calls: list[int] = []
@@ -194,7 +212,7 @@ def test_without_copy_file_range_long_runs_are_staged_too(
 
 
 def test_short_reads_and_writes_are_resumed_where_they_stopped(
-    mixed_runs: tuple[Overlay, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    python_writer: None, mixed_runs: tuple[Overlay, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     overlay, expected = mixed_runs
     real_preadv, real_pwrite = os.preadv, os.pwrite
@@ -214,7 +232,11 @@ def test_short_reads_and_writes_are_resumed_where_they_stopped(
 
 @pytest.mark.parametrize("call", ["copy_file_range", "pwrite", "preadv"])
 def test_a_failing_copy_is_a_storage_error(
-    mixed_runs: tuple[Overlay, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str
+    python_writer: None,
+    mixed_runs: tuple[Overlay, bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    call: str,
 ) -> None:
     overlay, _ = mixed_runs
 
