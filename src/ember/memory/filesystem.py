@@ -5,7 +5,7 @@
     /                 directory, 0755
     /memfile          regular file, 0600, size = device size (truncate to any other size: EPERM)
 
-    FUSE READ  (offset, size) -> Overlay.read_at     pages never written come from the base device
+    FUSE READ  (offset, size) -> Overlay.readinto    into libfuse's buffer; unwritten pages come from the base
     FUSE WRITE (offset, data) -> Overlay.write_at    all-zero pages become ZERO, others DIRTY
     FLUSH / FSYNC / RELEASE   -> nothing to do        the overlay's cache file is scratch space
 
@@ -13,7 +13,8 @@ Every READ and WRITE is also recorded (``AccessRecorder``: first access of each 
 prefetch data); a READ from a thread registered as a prefetcher counts as a prefetch.
 
 Every callback runs on the FUSE loop's thread with the GIL held. The object is passed to
-``mfusepy.FUSE``, which registers exactly the callbacks defined here; libfuse refuses the
+``DirectReadFUSE`` (mfusepy's ``FUSE`` with reads filled in place), which registers exactly
+the callbacks defined here; libfuse refuses the
 rest (create, unlink, rename, ...). Errors reach the kernel as errno values: a base read
 that still fails after ``READ_RETRY_DELAYS_S`` is EIO (the process mapping the file sees
 SIGBUS), and the first such failure is kept, so the owner can fail the resume with it.
@@ -195,21 +196,23 @@ class MemoryFileSystem:
         self._require_file(path)
         return 0
 
-    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+    def read(self, path: str | None, buffer: memoryview, offset: int, fh: int) -> int:
+        """Fill ``buffer`` (libfuse's reply buffer, see ``direct_fuse``); the bytes filled."""
         if offset >= self._overlay.size:
-            return b""
+            return 0
+        length = min(len(buffer), self._overlay.size - offset)
         try:
-            data = self._overlay.read_at(offset, size)
+            filled = self._overlay.readinto(buffer[:length], offset)
         except EmberError as exc:
-            _log.error("memory file read of %d bytes at %d failed: %s", size, offset, exc)
-            self._counters.fail(f"reading {size} bytes at offset {offset} failed: {exc}")
+            _log.error("memory file read of %d bytes at %d failed: %s", length, offset, exc)
+            self._counters.fail(f"reading {length} bytes at offset {offset} failed: {exc}")
             raise OSError(errno.EIO, str(exc)) from exc
         with self._counters.lock:
             self._counters.reads += 1
-            self._counters.read_bytes += len(data)
+            self._counters.read_bytes += filled
         prefetch = self.requester() in self.prefetch_threads
-        self._recorder.record(offset, len(data), AccessKind.PREFETCH if prefetch else AccessKind.READ)
-        return data
+        self._recorder.record(offset, filled, AccessKind.PREFETCH if prefetch else AccessKind.READ)
+        return filled
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         if offset + len(data) > self._overlay.size:

@@ -224,9 +224,11 @@ class LazyMemory:
     def _serve(self, operations: MemoryFileSystem) -> None:
         import mfusepy  # loads libfuse3 through ctypes: only processes that mount pay for it
 
+        from ember.memory.direct_fuse import DirectReadFUSE
+
         operations.requester = lambda: mfusepy.fuse_get_context()[2]
         try:
-            mfusepy.FUSE(
+            DirectReadFUSE(
                 operations,
                 str(self.mount_dir),
                 foreground=True,
