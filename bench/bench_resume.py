@@ -13,7 +13,7 @@ written out as one flat file. Then, interleaved so a busy machine slows all alik
 * cold from a simulated bucket: the local objects behind ``FIRST_BYTE_S`` of latency per
   ranged read (a GCS-like time to first byte), which is where parallel fetches pay off;
   the emulator itself serves one request at a time and slows down under concurrent ones;
-* this process's RSS over repeated resumes (should stay flat);
+* this process's anonymous memory over repeated resumes (should stay flat);
 * the memory of a real ``ember resume-build -iterations N`` process (one sandbox at a time,
   what each running sandbox costs): RSS, PSS and anonymous memory sampled while it resumes,
   next to the same interpreter having only imported ember's resume command.
@@ -160,13 +160,6 @@ def emulator() -> Iterator[str]:
         child.wait()
 
 
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def memory_kib(pid: int) -> dict[str, int]:
     """``Rss``, ``Pss`` and anonymous KiB of a live process.
 
@@ -305,11 +298,14 @@ def main() -> None:
         )
         print(summary("same, prefetch (16 workers)", cold_runs["distant+prefetch"], cold_runs["distant"]))
 
-        rss = [rss_mib()]
+        anon = [memory_kib(os.getpid())["anon"] / 1024]
         for _ in range(rss_runs):
             lazy(build, env, next(work), pool, prefetch=True)
-            rss.append(rss_mib())
-        print(f"ember RSS over {rss_runs} resumes: {rss[0]:.1f} -> {rss[1]:.1f} (1) -> {rss[-1]:.1f} MiB")
+            anon.append(memory_kib(os.getpid())["anon"] / 1024)
+        print(
+            f"this process's anonymous memory over {rss_runs} resumes: "
+            f"{anon[0]:.1f} -> {anon[1]:.1f} (1) -> {anon[-1]:.1f} MiB"
+        )
         print(cli_memory(root / "store", build_id, cli_runs))
         print(f"total {time.monotonic() - began:.1f} s")
 
