@@ -17,6 +17,7 @@ Hierarchy::
     ├── VmError               a VM failed to boot, pause, snapshot, restore or stop
     └── StorageError          a storage backend failed
         ├── ObjectNotFound    the object does not exist
+        ├── ObjectExists      an exclusive create found the object already there
         └── StorageUnreachable the backend cannot be reached or refused access
 
 The CLI catches ``EmberError`` once, prints ``ember <subcommand>: <message>`` and exits 1.
@@ -69,6 +70,18 @@ class ObjectNotFound(StorageError):
         self.storage_url = storage_url
         super().__init__(
             f"object {key!r} not found in {storage_url}: check the build id and the -storage location"
+        )
+
+
+class ObjectExists(StorageError):
+    """An exclusive create found an object under the key: another writer stored it first."""
+
+    def __init__(self, key: str, storage_url: str) -> None:
+        self.key = key
+        self.storage_url = storage_url
+        super().__init__(
+            f"object {key!r} already exists in {storage_url}: another writer created it first; "
+            "use a new key (for a build, a new build id) or delete the existing object"
         )
 
 

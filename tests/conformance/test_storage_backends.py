@@ -12,7 +12,7 @@ from typing import Any
 import google_crc32c
 import pytest
 
-from ember.errors import ObjectNotFound, StorageUnreachable, UsageError
+from ember.errors import ObjectExists, ObjectNotFound, StorageUnreachable, UsageError
 from ember.storage import ChunkCache, LocalStorage, MemoryStorage, Storage
 from ember.storage.gcs import GcsStorage
 from ember.storage.s3 import S3Storage
@@ -68,6 +68,40 @@ def test_get_returns_what_put_stored_and_put_replaces(storage: Storage) -> None:
     assert storage.get(f"{BUILD}/metadata.json") == b"replaced"
 
 
+def test_create_exclusive_stores_a_new_object_and_refuses_an_existing_one(storage: Storage) -> None:
+    key = f"{BUILD}/.ember-claim"
+    storage.create_exclusive(key, b"first writer")
+    assert storage.get(key) == b"first writer"
+    with pytest.raises(ObjectExists) as caught:
+        storage.create_exclusive(key, b"second writer")
+    assert caught.value.key == key
+    assert "already exists" in str(caught.value)
+    assert storage.get(key) == b"first writer"
+    storage.put(f"{BUILD}/metadata.json", b"{}")
+    with pytest.raises(ObjectExists):
+        storage.create_exclusive(f"{BUILD}/metadata.json", b"other")
+    assert storage.list(f"{BUILD}/") == [key, f"{BUILD}/metadata.json"]
+
+
+def test_gcs_maps_a_failed_generation_precondition_to_object_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gcp-storage-emulator ignores ``ifGenerationMatch``; GCS answers 412, which this plays."""
+    from google.api_core import exceptions as api_exceptions
+
+    store = GcsStorage("ember-test", emulator_host="http://127.0.0.1:9")
+    uploads: list[dict[str, Any]] = []
+
+    class RacedBlob:
+        def upload_from_string(self, data: bytes, **options: Any) -> None:
+            uploads.append(options)
+            raise api_exceptions.PreconditionFailed("At least one of the pre-conditions did not hold")
+
+    monkeypatch.setattr(store, "exists", lambda key: False)
+    monkeypatch.setattr(store, "_blob", lambda key: RacedBlob())
+    with pytest.raises(ObjectExists):
+        store.create_exclusive(f"{BUILD}/.ember-claim", b"x")
+    assert uploads[0]["if_generation_match"] == 0
+
+
 def test_empty_object_round_trips(storage: Storage) -> None:
     if isinstance(storage, GcsStorage):
         pytest.skip("gcp-storage-emulator sends an invalid Content-Range ('bytes 0--1/0') for empty objects")
@@ -114,6 +148,15 @@ def test_read_range_into_rejects_read_only_buffers_and_negative_offsets(storage:
         storage.read_range_into(key, 0, memoryview(b"read-only"))
     with pytest.raises(UsageError, match="offset=-1"):
         storage.read_range_into(key, -1, bytearray(4))
+
+
+def test_ranges_past_2_63_are_refused_before_they_reach_the_backend(storage: Storage) -> None:
+    key = f"{BUILD}/memfile"
+    storage.put(key, b"0123456789")
+    with pytest.raises(UsageError, match="ends past byte 2\\^63 - 1"):
+        storage.read_range(key, 1 << 63, 1)
+    with pytest.raises(UsageError, match="ends past byte 2\\^63 - 1"):
+        storage.read_range_into(key, (1 << 63) - 2, bytearray(4))
 
 
 def test_size_and_exists_report_the_object(storage: Storage) -> None:

@@ -386,3 +386,92 @@ def test_help_lists_every_command_and_commands_have_help() -> None:
     for name in ("inspect-build", "show-build-diff", "copy-build", "clean-nfs-cache", "hammer-file"):
         assert name in result.stdout
         assert ember(name, "-help").returncode == 0
+
+
+def _patch_prefix(path: Path, offset: int, value: int) -> None:
+    """Overwrite one u64 field of a header's 64-byte prefix (8 block size, 16 size, 24 generation)."""
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 8] = struct.pack("<Q", value)
+    path.write_bytes(bytes(data))
+
+
+def test_inspect_data_with_a_block_size_of_2_63_is_one_clear_line(chain: Chain) -> None:
+    _patch_prefix(chain.build_dir(C) / "rootfs.ext4.header", 8, 1 << 63)
+    result = ember("inspect-build", "-build", str(C), "-storage", str(chain.storage), "-rootfs", "-data")
+    assert_one_line_error(result, "inspect-build", f"has block size {1 << 63}", "4096 or 2097152")
+    assert result.returncode == 1
+
+
+def test_a_header_claiming_a_device_of_2_64_bytes_is_one_clear_line(chain: Chain) -> None:
+    _patch_prefix(chain.build_dir(C) / "rootfs.ext4.header", 16, (1 << 64) - BLOCK)
+    result = ember("inspect-build", "-build", str(C), "-storage", str(chain.storage), "-rootfs")
+    assert_one_line_error(result, "inspect-build", "over the 16 TiB")
+
+
+def test_inspect_data_fails_on_a_truncated_ancestor_object_naming_it(chain: Chain) -> None:
+    truncated = chain.build_dir(A) / "rootfs.ext4"
+    truncated.write_bytes(truncated.read_bytes()[: 5 * BLOCK])  # C reads A's blocks up to 8
+    result = ember("inspect-build", "-build", str(C), "-storage", str(chain.storage), "-rootfs", "-data")
+    assert_one_line_error(result, "inspect-build", "1 of 3 data objects", "missing or truncated")
+    problems = result.stderr.strip().splitlines()[:-1]
+    assert problems == [
+        f"ember inspect-build: build {A}: '{A}/rootfs.ext4' is {5 * BLOCK} bytes, but the header reads up to "
+        f"byte {8 * BLOCK}: the object is truncated"
+    ]
+    assert f"{A} {A}/rootfs.ext4: {5 * BLOCK} B, header reads {8 * BLOCK} B: TRUNCATED" in result.stdout
+    assert f"{C} {C}/rootfs.ext4: {3 * BLOCK} B, header reads {3 * BLOCK} B: ok" in result.stdout
+
+
+def test_inspect_data_passes_a_complete_chain(chain: Chain) -> None:
+    result = ember(
+        "inspect-build", "-build", str(C), "-storage", str(chain.storage), "-rootfs", "-data", "-json"
+    )
+    assert result.returncode == 0, result.stderr
+    objects = json.loads(result.stdout)["data"]["objects"]
+    assert [(entry["build_id"], entry["ok"]) for entry in objects] == [
+        (str(A), True),
+        (str(B), True),
+        (str(C), True),
+    ]
+
+
+def test_copy_build_refuses_to_complete_a_copy_of_a_truncated_object(chain: Chain, tmp_path: Path) -> None:
+    truncated = chain.build_dir(B) / "rootfs.ext4"
+    truncated.write_bytes(truncated.read_bytes()[:BLOCK])  # C reads B's blocks 0 and 2
+    destination = tmp_path / "copy"
+    result = ember("copy-build", "-build", str(C), "-from", str(chain.storage), "-to", str(destination))
+    assert_one_line_error(result, "copy-build", f"build {B}: '{B}/rootfs.ext4' is {BLOCK} bytes", "truncated")
+    assert "metadata.json was not written" in result.stderr
+    assert not (destination / "templates" / str(C) / "metadata.json").exists()
+
+
+def _start_time(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+
+
+def _exited_process() -> tuple[int, str]:
+    """The pid and start time of a process that has exited: the writer of an interrupted copy."""
+    script = "import os; print(os.getpid(), open('/proc/self/stat').read())"
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    pid, stat_line = output.split(" ", 1)
+    return int(pid), stat_line.rsplit(")", 1)[1].split()[19]
+
+
+def test_copy_build_removes_the_temporaries_of_an_interrupted_copy_and_says_so(
+    chain: Chain, tmp_path: Path
+) -> None:
+    destination = tmp_path / "copy"
+    folder = destination / "templates" / str(A)
+    folder.mkdir(parents=True)
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:8]
+    dead_pid, dead_start = _exited_process()
+    stale = folder / f".rootfs.ext4.{boot}-{dead_pid}-{dead_start}.x1y2z3w4.tmp"
+    stale.write_bytes(b"half of a memfile")
+    live = folder / f".rootfs.ext4.{boot}-{os.getpid()}-{_start_time(os.getpid())}.a1b2c3d4.tmp"
+    live.write_bytes(b"another copy still writing")
+    result = ember("copy-build", "-build", str(C), "-from", str(chain.storage), "-to", str(destination))
+    assert result.returncode == 0, result.stderr
+    assert f"- removed '{stale}': a temporary left by an interrupted copy or upload" in result.stderr
+    assert not stale.exists()
+    assert live.exists()
+    assert (folder / "rootfs.ext4").read_bytes() == (chain.build_dir(A) / "rootfs.ext4").read_bytes()

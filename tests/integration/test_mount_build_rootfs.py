@@ -74,10 +74,18 @@ def _digests(store: Path) -> dict[str, str]:
     }
 
 
-def _leftovers() -> tuple[str, str]:
-    mounts = Path("/proc/mounts").read_text()
-    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout
-    return mounts, loops
+def _leftovers(mount_dir: Path) -> tuple[list[str], list[str]]:
+    """Mounts and loop devices of mount-build-rootfs runs (its scratch dirs, the test's mount point).
+
+    Only these: sandboxes and other tests on the host mount and attach things of their own.
+    """
+
+    def ours(line: str) -> bool:
+        return "ember-mount-" in line or str(mount_dir) in line
+
+    mounts = [line for line in Path("/proc/mounts").read_text().splitlines() if ours(line)]
+    listed = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout
+    return mounts, [line for line in listed.splitlines() if ours(line)]
 
 
 def _start(*args: str) -> subprocess.Popen[str]:
@@ -110,8 +118,8 @@ def test_mount_shows_the_newest_generation_and_cleans_up(
 ) -> None:
     store, builds = chain
     before = _digests(store)
-    mounts_before, loops_before = _leftovers()
     mount_dir = tmp_path / "mnt"
+    mounts_before, loops_before = _leftovers(mount_dir)
     process = _start("-build", str(builds[2]), "-storage", str(store), "-mount", str(mount_dir))
     _wait_for_line(process, "rootfs mounted at path:")
 
@@ -125,7 +133,7 @@ def test_mount_shows_the_newest_generation_and_cleans_up(
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
     assert "closing rootfs mount" in stdout
-    assert _leftovers() == (mounts_before, loops_before)
+    assert _leftovers(mount_dir) == (mounts_before, loops_before)
     assert _digests(store) == before
 
 

@@ -6,7 +6,6 @@ are high so they do not meet slots a developer may have open by hand.
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from network_guests import (
-    accept_one,
     guest_stand_in,
     host_routes_to,
     http_get,
@@ -87,10 +85,17 @@ def test_a_slots_nat_rules_are_tagged_in_the_namespace_and_on_the_host(slot: Slo
     for part in ("-A POSTROUTING", "-s 169.254.0.21/32", "-o eth0", "--to-source 10.11.0.201"):
         assert part in snat
 
+    guard = [
+        "-A INPUT -i veth-201 -m conntrack --ctstate RELATED,ESTABLISHED --ctdir REPLY "
+        "-m comment --comment ember-slot-201 -j ACCEPT",
+        "-A INPUT -i veth-201 -p tcp -m comment --comment ember-slot-201 -j REJECT --reject-with tcp-reset",
+        "-A INPUT -i veth-201 -m comment --comment ember-slot-201 "
+        "-j REJECT --reject-with icmp-port-unreachable",
+    ]
     gateway = default_gateway_interface()
     on_host = rules_tagged("ember-slot-201")
     if gateway is None:
-        assert on_host == []
+        assert sorted(on_host) == sorted(guard)
         return
     assert sorted(on_host) == sorted(
         [
@@ -98,6 +103,7 @@ def test_a_slots_nat_rules_are_tagged_in_the_namespace_and_on_the_host(slot: Slo
             f"-A FORWARD -i {gateway} -o veth-201 -m comment --comment ember-slot-201 -j ACCEPT",
             f"-A POSTROUTING -s 10.11.0.201/32 -o {gateway} -m comment --comment ember-slot-201 "
             "-j MASQUERADE",
+            *guard,
         ]
     )
 
@@ -107,15 +113,6 @@ def test_the_host_reaches_the_guest_port_at_the_slots_host_ip(slot: Slot, tmp_pa
         token, seen_client = http_get(slot.host_ip, guest.port).split()
     assert token == "guest-201"
     assert seen_client == str(slot.veth_ip)
-
-
-def test_the_guests_outgoing_traffic_leaves_as_the_slots_host_ip(slot: Slot, tmp_path: Path) -> None:
-    with (
-        guest_stand_in(slot, "guest-201", tmp_path) as guest,
-        socket.create_server((str(slot.veth_ip), 0)) as listener,
-    ):
-        guest.connect_out(slot.veth_ip, listener.getsockname()[1])
-        assert accept_one(listener) == str(slot.host_ip)
 
 
 def test_two_slots_at_once_have_their_own_host_ip_and_guest(tmp_path: Path) -> None:

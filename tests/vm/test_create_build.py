@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 import pytest
-
-from ember.guest import cache_dir
+from sandbox_traces import Finished, Run, run_ember
 
 pytestmark = [
     pytest.mark.vm,
@@ -30,35 +28,19 @@ pytestmark = [
 SMALL = ["-hugepages=false", "-memory", "512", "-disk", "512"]
 
 
-def _create(storage: Path, build: uuid.UUID, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HOST_KERNELS_DIR": str(cache_dir() / "kernels")}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ember",
-            "create-build",
-            "-to-build",
-            str(build),
-            "-storage",
-            str(storage),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        check=False,
-    )
+def _create(storage: Path, build: uuid.UUID, *args: str) -> Finished:
+    return run_ember("create-build", "-to-build", str(build), "-storage", str(storage), *args)
 
 
-def _assert_nothing_left(build: uuid.UUID, output: str) -> None:
-    """The run's own network slot and QEMU are gone (other sandboxes on the host are not ours)."""
-    slot = re.search(r"Network slot \d+: (ns-\d+)", output)
-    assert slot, output
-    assert not Path("/var/run/netns", slot.group(1)).exists()
-    qemu = subprocess.run(["pgrep", "-f", f"create-{build}"], capture_output=True, text=True, check=False)
-    assert qemu.stdout == ""
+def _assert_nothing_left(storage: Path, result: Finished) -> None:
+    """The run's own sandbox is gone: its QEMU, slot, workspace, sockets (other sandboxes are not ours)."""
+    Run.from_output(result.stdout, result.pid, storage / "orchestrator").assert_gone(within_s=2)
+
+
+def _objects(storage: Path, build: uuid.UUID) -> list[str]:
+    """The build's objects; a failed create leaves none (no data, no metadata.json, no claim marker)."""
+    folder = storage / "templates" / str(build)
+    return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
 
 
 def test_create_build_writes_a_complete_consistent_build(tmp_path: Path) -> None:
@@ -78,7 +60,8 @@ def test_create_build_writes_a_complete_consistent_build(tmp_path: Path) -> None
     assert f"✅ Build finished: {build}" in out
     assert "📦 Artifacts:" in out and "block size: 4 KB" in out
     objects = tmp_path / "store" / "templates" / str(build)
-    assert sorted(p.name for p in objects.iterdir()) == [
+    # The claim marker (.ember-claim) went once the build was complete.
+    assert _objects(tmp_path / "store", build) == [
         "memfile", "memfile.header", "metadata.json", "rootfs.ext4", "rootfs.ext4.header", "snapfile",
     ]  # fmt: skip
     metadata = json.loads((objects / "metadata.json").read_text())
@@ -94,7 +77,7 @@ def test_create_build_writes_a_complete_consistent_build(tmp_path: Path) -> None
         report = json.loads(inspect.stdout)
         assert report["validation_error"] is None
         assert report["image"]["diff_size"] > 0
-    _assert_nothing_left(build, out)
+    _assert_nothing_left(tmp_path / "store", result)
 
 
 def test_a_failing_start_command_leaves_no_build_and_nothing_running(tmp_path: Path) -> None:
@@ -108,8 +91,8 @@ def test_a_failing_start_command_leaves_no_build_and_nothing_running(tmp_path: P
         .splitlines()[-1]
         .startswith("ember create-build: start command 'exit 3' exited with code 3")
     )
-    assert not (tmp_path / "store" / "templates" / str(build) / "metadata.json").exists()
-    _assert_nothing_left(build, result.stdout)
+    assert _objects(tmp_path / "store", build) == []
+    _assert_nothing_left(tmp_path / "store", result)
 
 
 def test_a_ready_command_that_never_succeeds_times_out_cleanly(tmp_path: Path) -> None:
@@ -118,5 +101,5 @@ def test_a_ready_command_that_never_succeeds_times_out_cleanly(tmp_path: Path) -
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ember create-build: ready command 'false' did not succeed within 0.1 min"), last
-    assert not (tmp_path / "store" / "templates" / str(build) / "metadata.json").exists()
-    _assert_nothing_left(build, result.stdout)
+    assert _objects(tmp_path / "store", build) == []
+    _assert_nothing_left(tmp_path / "store", result)

@@ -1,25 +1,26 @@
 """envd in a freshly booted guest, reached the way create-build reaches it: a network slot's NAT.
 
-One boot of the default template; the host drives the agent with ember's client over the
-slot's host address: a command with streamed output and its exit code, a file written and
-read back, a directory listed, and a wrong access token refused.
+One cold boot of the default template (``Sandbox.boot`` over an image layer build, as
+create-build does); the host drives the agent with the sandbox's client over the slot's host
+address: a command with streamed output and its exit code, a file written and read back, a
+directory listed, and a wrong access token refused.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
 
+from ember.build import TemplateInfo, TemplateMetadata
 from ember.envd.client import EnvdClient, EnvdError
 from ember.environment import Environment
 from ember.guest import GuestKernel, cache_dir
-from ember.sandbox.guest_agent import GuestAgent
+from ember.sandbox import BootOptions, Node, Sandbox, SandboxState, store_image_build
 from ember.sandbox.template import template_image
-from ember.vmm.kernel_args import kernel_args
-from ember.vmm.qemu import DriveConfig, MachineConfig, QemuVm
+from ember.storage import LocalStorage
 
 pytestmark = [
     pytest.mark.vm,
@@ -31,26 +32,25 @@ TOKEN = "secret-token"
 
 
 def test_envd_in_a_booted_guest_runs_commands_and_moves_files(
-    tmp_path: Path, guest_kernel: GuestKernel, guest_initramfs: Path
+    tmp_path: Path, guest_kernel: GuestKernel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cached = template_image(
-        None, 512, Environment.resolve(str(tmp_path)), cache_dir(), tmp_path, lambda _: None
+    monkeypatch.setenv("HOST_KERNELS_DIR", str(cache_dir() / "kernels"))
+    storage_dir = tmp_path / "store"
+    env = Environment.resolve(str(storage_dir))
+    image = template_image(None, 512, env, cache_dir(), tmp_path, lambda _: None)
+    layer = uuid.uuid4()
+    store_image_build(
+        image,
+        LocalStorage(storage_dir / "templates"),
+        layer,
+        TemplateMetadata(version=2, template=TemplateInfo(str(layer))),
+        tmp_path,
     )
-    image = tmp_path / "rootfs.ext4"
-    subprocess.run(["cp", "--sparse=always", str(cached), str(image)], check=True)
-    with GuestAgent.network(lambda _: None) as agent:
-        config = MachineConfig(
-            kernel_path=guest_kernel.vmlinuz_path,
-            initrd_path=guest_initramfs,
-            cmdline=kernel_args(ip=agent.ip_arg),
-            memory_mib=512,
-            drives=(DriveConfig(str(image)),),
-            nics=agent.nics,
-            netns=agent.netns,
-        )
-        with QemuVm(config, tmp_path / "vm") as vm:
-            vm.boot()
-            client = agent.connect(timeout_s=120, vm=vm, access_token=TOKEN)
+    with Node(str(storage_dir), env=env) as node:
+        boot = BootOptions(layer, vcpu_count=1, memory_mib=512, access_token=TOKEN, envd_timeout_s=120)
+        with Sandbox.boot(node, boot) as sandbox:
+            assert sandbox.state is SandboxState.RUNNING
+            client = sandbox.envd
 
             chunks: list[bytes] = []
             result = client.run(
@@ -66,5 +66,6 @@ def test_envd_in_a_booted_guest_runs_commands_and_moves_files(
             assert [entry.name for entry in client.list_dir("/root/data")] == ["blob.bin"]
 
             with pytest.raises(EnvdError) as refused:
-                EnvdClient(agent.base_url, access_token="wrong").run("true")
+                EnvdClient(sandbox.envd_url, access_token="wrong").run("true")
             assert refused.value.code == "unauthenticated"
+        assert sandbox.state is SandboxState.STOPPED

@@ -1,8 +1,10 @@
 """Memory prefetch under QEMU/TCG: ``-optimize`` records it, a resume replays it; failing storage.
 
 One create-build and one ``resume-build -pause -optimize`` (module fixture, ~20 s) make a
-build with prefetch data; the other tests resume it in this process, so they can look at
-the memory file's counters.
+build with prefetch data. The replay test drives the sandbox process's half of a sandbox
+(``SandboxRuntime``, what ``Sandbox.resume`` runs in its sandbox process) in this process,
+so it can read the memory file's own counters; the failing-storage test goes through
+``Node`` and ``Sandbox`` as every command does.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -19,11 +22,13 @@ from pathlib import Path
 import pytest
 
 from ember.environment import Environment
-from ember.errors import BuildError, StorageUnreachable
+from ember.errors import BuildError
 from ember.guest import cache_dir
-from ember.memory import is_mounted
 from ember.network import SlotPool
-from ember.sandbox.resume import RunningSandbox, load_build
+from ember.sandbox import Node, ResumeOptions, Sandbox, load_build_info, new_sandbox_id
+from ember.sandbox.cleanup import create_workspace, remove_workspace
+from ember.sandbox.records import GuestIdentity, ResumeSpec
+from ember.sandbox.runtime import SandboxRuntime
 from ember.storage import MEMFILE, LocalStorage
 
 pytestmark = [
@@ -46,8 +51,8 @@ def _ember(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def optimized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, uuid.UUID, str]:
-    """(storage dir, the optimized build, what -optimize printed)."""
+def optimized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, uuid.UUID, uuid.UUID, str]:
+    """(storage dir, the created build, the optimized build paused from it, what -optimize printed)."""
     storage = tmp_path_factory.mktemp("prefetch") / "store"
     base, paused = uuid.uuid4(), uuid.uuid4()
     created = _ember(
@@ -60,7 +65,7 @@ def optimized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, uuid.UUID
         "-pause", "-optimize",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr + result.stdout
-    return storage, paused, result.stdout
+    return storage, base, paused, result.stdout
 
 
 @pytest.fixture
@@ -69,23 +74,10 @@ def environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-class FailingStorage(LocalStorage):
-    """A local store whose memfile data reads fail once ``healthy_reads`` have succeeded."""
-
-    def __init__(self, root: Path, healthy_reads: int) -> None:
-        super().__init__(root)
-        self.healthy_reads = healthy_reads
-
-    def read_range_into(self, key: str, offset: int, buffer: bytearray | memoryview) -> int:
-        if key.endswith(f"/{MEMFILE}"):
-            if self.healthy_reads <= 0:
-                raise StorageUnreachable(self.url, "injected failure of a memfile read")
-            self.healthy_reads -= 1
-        return super().read_range_into(key, offset, buffer)
-
-
-def test_optimize_saves_the_pages_both_recording_runs_read(optimized: tuple[Path, uuid.UUID, str]) -> None:
-    storage, build, printed = optimized
+def test_optimize_saves_the_pages_both_recording_runs_read(
+    optimized: tuple[Path, uuid.UUID, uuid.UUID, str],
+) -> None:
+    storage, _, build, printed = optimized
     found = re.search(r"^✅ Prefetch mapping saved: (\d+) blocks$", printed, re.M)
     assert found, printed
     metadata = json.loads((storage / "templates" / str(build) / "metadata.json").read_text())
@@ -97,35 +89,57 @@ def test_optimize_saves_the_pages_both_recording_runs_read(optimized: tuple[Path
 
 
 def test_a_resume_with_prefetch_serves_every_prefetched_page_from_the_page_cache(
-    optimized: tuple[Path, uuid.UUID, str], tmp_path: Path, environment: None
+    optimized: tuple[Path, uuid.UUID, uuid.UUID, str], tmp_path: Path, environment: None
 ) -> None:
-    storage_dir, build_id, _ = optimized
+    storage_dir, _, build_id, _ = optimized
+    env = Environment.resolve(str(storage_dir))
     storage = LocalStorage(storage_dir / "templates")
-    build = load_build(storage, build_id, tmp_path)
+    build = load_build_info(storage, build_id, env)
     assert build.metadata.prefetch is not None
-    with (
-        SlotPool() as pool,
-        RunningSandbox(build, Environment.resolve(str(storage_dir)), tmp_path / "s", pool) as sandbox,
-    ):
-        assert sandbox.prefetcher is not None
-        assert sandbox.prefetcher.wait(60)
-        assert sandbox.envd.run("echo alive").stdout == b"alive\n"
-        stats = sandbox.memory.stats()
-    assert sandbox.prefetcher.stats().failure is None
+    sandbox_id = new_sandbox_id()
+    workspace = create_workspace(env, sandbox_id)
+    runtime = SandboxRuntime(storage, env, lambda event: None)
+    try:
+        with SlotPool() as pool:
+            slot = pool.acquire()
+            try:
+                spec = ResumeSpec(sandbox_id, build, workspace, GuestIdentity("prefetch-token"))
+                runtime.resume(spec, slot)
+                guest = runtime.guest
+                assert guest is not None and guest.envd is not None
+                assert guest.prefetcher is not None and guest.lazy is not None
+                assert guest.prefetcher.wait(60)
+                assert guest.envd.run("echo alive").stdout == b"alive\n"
+                stats = guest.lazy.stats()
+                prefetched = guest.prefetcher.stats()
+            finally:
+                runtime.kill()
+                pool.release(slot)
+    finally:
+        remove_workspace(workspace)
+    assert prefetched.failure is None
     assert stats.pages_prefetched > len(build.metadata.prefetch.indices) // 2
     assert stats.pages_reread == 0, "the guest faulted on pages the prefetcher had loaded"
 
 
 def test_a_resume_whose_memory_reads_fail_ends_with_the_storage_error(
-    optimized: tuple[Path, uuid.UUID, str], tmp_path: Path, environment: None
+    optimized: tuple[Path, uuid.UUID, uuid.UUID, str], tmp_path: Path, environment: None
 ) -> None:
-    storage_dir, build_id, _ = optimized
-    storage = FailingStorage(storage_dir / "templates", healthy_reads=20)
-    build = load_build(storage, build_id, tmp_path)
-    with SlotPool() as pool:
+    """The paused build reads its own dirty pages fine and the rest from its parent, which is broken."""
+    storage_dir, base, build_id, _ = optimized
+    broken = tmp_path / "store"
+    for build in (base, build_id):
+        shutil.copytree(storage_dir / "templates" / str(build), broken / "templates" / str(build))
+    (broken / "templates" / str(base) / MEMFILE).unlink()  # the parent's memory data is gone
+    env = Environment.resolve(str(broken), {**os.environ, "ORCHESTRATOR_BASE_PATH": str(tmp_path / "o")})
+    with Node(str(broken), env=env) as node:
         with pytest.raises(BuildError, match="guest memory could not be read from storage") as failed:
-            RunningSandbox(build, Environment.resolve(str(storage_dir)), tmp_path / "s", pool, prefetch=False)
-        assert "injected failure of a memfile read" in str(failed.value)
+            Sandbox.resume(node, ResumeOptions(build_id, prefetch=False))
+        assert str(base) in str(failed.value) or MEMFILE in str(failed.value)
         assert "\n" not in str(failed.value)
-        assert pool.in_use == []
-    assert not any(is_mounted(path) for path in (tmp_path / "s").glob("memory-*.mnt"))
+        assert node.sandboxes() == []
+        assert node.slots.in_use == []
+    assert list((tmp_path / "o" / "sandbox").iterdir()) == []
+    assert not [
+        line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(tmp_path) in line
+    ]

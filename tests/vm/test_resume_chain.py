@@ -20,9 +20,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from ember.guest import cache_dir
-from ember.network import SlotPool
+from sandbox_traces import Run, descendants, ember_env, wait_all_gone
 
 pytestmark = [
     pytest.mark.vm,
@@ -39,13 +37,12 @@ COUNTER = (
 
 
 def _ember(*args: str, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HOST_KERNELS_DIR": str(cache_dir() / "kernels")}
     return subprocess.run(
         [sys.executable, "-m", "ember", *args],
         capture_output=True,
         text=True,
         timeout=timeout_s,
-        env=env,
+        env=ember_env(),
         check=False,
     )
 
@@ -118,7 +115,7 @@ def test_interactive_mode_serves_envd_until_ctrl_c_then_cleans_up(
     chain: tuple[Path, list[uuid.UUID]],
 ) -> None:
     storage, builds = chain
-    env = {**os.environ, "HOST_KERNELS_DIR": str(cache_dir() / "kernels")}
+    env = ember_env()
     process = subprocess.Popen(
         [sys.executable, "-m", "ember", "resume-build", "-from-build", str(builds[0]),
          "-storage", str(storage), "-iterations", "0"],
@@ -134,11 +131,13 @@ def test_interactive_mode_serves_envd_until_ctrl_c_then_cleans_up(
     assert address, "".join(lines)
     with urllib.request.urlopen(f"{address.group(1)}/health", timeout=10) as answer:
         assert answer.status == 204
+    run = Run.from_output("".join(lines), process.pid, storage / "orchestrator")
+    assert run.processes(), "no QEMU named after the printed sandbox id"
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert "Stopping the sandbox" in out
-    assert subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, check=False).returncode != 0
+    run.assert_gone(within_s=2)
 
 
 def _digests(directory: Path) -> dict[str, str]:
@@ -152,7 +151,7 @@ def test_sigkill_during_pause_leaves_the_parent_untouched_and_no_complete_build(
     parent = storage / "templates" / str(builds[1])
     before = _digests(parent)
     child = uuid.uuid4()
-    env = {**os.environ, "HOST_KERNELS_DIR": str(cache_dir() / "kernels")}
+    env = ember_env()
     process = subprocess.Popen(
         [sys.executable, "-m", "ember", "resume-build", "-from-build", str(builds[1]),
          "-to-build", str(child), "-storage", str(storage), "-signal-pause", "SIGUSR1"],
@@ -160,21 +159,24 @@ def test_sigkill_during_pause_leaves_the_parent_untouched_and_no_complete_build(
     )  # fmt: skip
     assert process.stdout is not None
     deadline = time.monotonic() + 120
-    while "Waiting for SIGUSR1" not in process.stdout.readline():
+    lines = [process.stdout.readline()]
+    while "Waiting for SIGUSR1" not in lines[-1]:
         assert time.monotonic() < deadline and process.poll() is None, (
             process.stderr.read() if process.stderr else ""
         )
+        lines.append(process.stdout.readline())
+    run = Run.from_output("".join(lines), process.pid, storage / "orchestrator")
+    started = descendants(process.pid)
     process.send_signal(signal.SIGUSR1)
     # Killed as soon as it reports the VM paused: device state, diffs and upload are still ahead.
     while "Paused" not in process.stdout.readline():
         assert time.monotonic() < deadline and process.poll() is None, "the pause never started"
     process.kill()
     process.communicate(timeout=30)
+    wait_all_gone(started)  # its sandbox process and QEMU ended with it, none stuck in D state
     assert _digests(parent) == before
     assert not (storage / "templates" / str(child) / "metadata.json").exists()
-    deadline = time.monotonic() + 15
-    while subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, check=False).returncode == 0:
-        assert time.monotonic() < deadline, "QEMU outlived the killed ember"
-        time.sleep(0.2)
-    with SlotPool():  # the next ember command reclaims the dead one's network slot
-        assert not [name for name in os.listdir("/var/run/netns") if name.startswith("ns-")]
+    # The next ember command reclaims what the dead one left: slot, workspace, sockets.
+    after = _ember("resume-build", "-from-build", str(builds[0]), "-storage", str(storage), "-cmd", "true")
+    assert after.returncode == 0, after.stderr
+    run.assert_gone(within_s=2)

@@ -7,9 +7,11 @@ from ember.build.copy import (
     CopyStarted,
     FileFinished,
     FileStarted,
+    StaleTemporaryRemoved,
     copy_build,
     referenced_objects,
 )
+from ember.build.integrity import DataCheck, DataRequirement, check_data_objects, data_requirements
 from ember.build.metadata import (
     Context,
     FromTemplate,
@@ -20,25 +22,34 @@ from ember.build.metadata import (
     parse_metadata,
 )
 from ember.build.reader import BuildFile
-from ember.build.upload import BuildArtifacts, upload_build
+from ember.build.retry import READ_RETRY_DELAYS_S, read_with_retries
+from ember.build.upload import BuildArtifacts, claim_build, upload_build
 
 __all__ = [
     "DEFAULT_WORKERS",
+    "READ_RETRY_DELAYS_S",
     "BuildArtifacts",
     "BuildFile",
     "Context",
     "CopyEvent",
     "CopyReport",
     "CopyStarted",
+    "DataCheck",
+    "DataRequirement",
     "FileFinished",
     "FileStarted",
     "FromTemplate",
     "MemoryPrefetch",
+    "StaleTemporaryRemoved",
     "Start",
     "TemplateInfo",
     "TemplateMetadata",
+    "check_data_objects",
+    "claim_build",
     "copy_build",
+    "data_requirements",
     "parse_metadata",
+    "read_with_retries",
     "referenced_objects",
     "upload_build",
 ]

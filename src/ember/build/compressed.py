@@ -13,7 +13,10 @@ issues 4 KiB..128 KiB requests) decode each 2 MiB frame once, not once per reque
 
 Guarantees: a frame that fails to decode, decodes to the wrong size, or whose bytes are
 missing from the object raises ``BuildError`` naming the object and the offsets; corrupt
-data is never served as zeros or garbage.
+data is never served as zeros or garbage. Nothing a frame table says can make a read
+allocate more than its frames' own bytes: frames are at most ``MAX_FRAME_BYTES``
+uncompressed, decoding is bounded by that size, and frames apart in the object are read
+apart. A storage failure stays a ``StorageError`` (a retry may cure it).
 """
 
 from __future__ import annotations
@@ -26,28 +29,64 @@ import lz4.frame
 import numpy as np
 import zstandard
 
-from ember.errors import BuildError, EmberError
+from ember.errors import BuildError, EmberError, ObjectNotFound, StorageError
 from ember.header import CompressionType, FrameTable
 from ember.storage import Storage
 
 DECODED_FRAME_CACHE_COUNT: Final = 16
 """Decoded frames kept per reader: 16 x 2 MiB default frames = 32 MiB at most."""
+MAX_FRAME_BYTES: Final = 64 << 20
+"""The largest uncompressed frame decoded: 32 x the 2 MiB frames writers use (facts file 0). The
+header's i32 frame sizes would allow 2 GiB, which a corrupt table must not make us allocate."""
+
+
+def compressed_bound(size_u: int) -> int:
+    """The most bytes LZ4 or zstd can turn ``size_u`` bytes into (both worst cases, rounded up)."""
+    return size_u + size_u // 255 + 1024
+
+
+def check_frame_sizes(size_u: int, size_c: int) -> None:
+    """Refuse a frame before reading or decoding it when its sizes are beyond any writer's."""
+    if size_u > MAX_FRAME_BYTES:
+        raise ValueError(
+            f"the frame table says it holds {size_u} uncompressed bytes, over the {MAX_FRAME_BYTES}-byte "
+            "frame limit"
+        )
+    if size_c > compressed_bound(size_u):
+        raise ValueError(
+            f"the frame table says {size_u} bytes compressed to {size_c}, more than any codec produces"
+        )
 
 
 def decode_frame(compression_type: CompressionType, data: bytes | memoryview, size_u: int) -> bytes:
-    """One frame's uncompressed bytes; raises ``ValueError`` when the codec rejects the input."""
+    """One frame's uncompressed bytes; raises ``ValueError`` when the codec rejects the input.
+
+    The output is bounded by ``size_u`` whatever the frame claims: LZ4 decodes at most one
+    byte more (to tell a longer frame), zstd's declared content size is checked first (it
+    would size the output buffer otherwise).
+    """
+    if size_u > MAX_FRAME_BYTES:
+        raise ValueError(f"a frame of {size_u} bytes is over the {MAX_FRAME_BYTES}-byte frame limit")
     try:
         if compression_type is CompressionType.LZ4:
-            decoded: bytes = lz4.frame.decompress(data)
+            decompressor = lz4.frame.LZ4FrameDecompressor()
+            decoded: bytes = decompressor.decompress(data, max_length=size_u + 1)
+            if len(decoded) == size_u and not decompressor.eof:
+                raise ValueError("the frame does not end where the frame table says")
         elif compression_type is CompressionType.ZSTD:
+            declared = zstandard.frame_content_size(data)
+            if declared > size_u:
+                raise ValueError(f"the frame declares {declared} bytes, the frame table says {size_u}")
             # A fresh decompressor per frame: zstandard objects are not safe to share across threads.
             decoded = zstandard.ZstdDecompressor().decompress(data, max_output_size=size_u)
         else:
             raise ValueError(f"compression type {compression_type!r} has no frames")
     except (RuntimeError, zstandard.ZstdError) as exc:
         raise ValueError(str(exc)) from exc
+    except MemoryError as exc:
+        raise ValueError(f"out of memory decoding a {size_u}-byte frame") from exc
     if len(decoded) != size_u:
-        raise ValueError(f"frame decoded to {len(decoded)} bytes, the frame table says {size_u}")
+        raise ValueError(f"frame decoded to {len(decoded)} bytes or more, the frame table says {size_u}")
     return decoded
 
 
@@ -96,32 +135,9 @@ class FramedReader:
         if not missing:
             return [frame for frame in cached if frame is not None]
 
-        start_c = missing[0][1]
-        end_c = missing[-1][1] + missing[-1][3]
-        try:
-            raw = self._storage.read_range(key, start_c, end_c - start_c)
-        except EmberError as exc:
-            raise BuildError(
-                f"cannot read compressed bytes [{start_c}, {end_c}) of {key!r} in {self._storage.url}: "
-                f"{exc}; check that the build's data object was uploaded completely"
-            ) from exc
-        view = memoryview(raw)
         fresh: dict[int, bytes] = {}
-        for start_u, frame_c, size_u, size_c in missing:
-            low = frame_c - start_c
-            if low + size_c > len(raw):
-                raise BuildError(
-                    f"compressed object {key!r} in {self._storage.url} ends at byte {start_c + len(raw)}, "
-                    f"but the header needs a frame at [{frame_c}, {frame_c + size_c}): the object is "
-                    "truncated or missing; re-upload the build"
-                )
-            try:
-                fresh[start_u] = decode_frame(compression_type, view[low : low + size_c], size_u)
-            except ValueError as exc:
-                raise BuildError(
-                    f"frame at compressed offset {frame_c} (uncompressed {start_u}) of {key!r} in "
-                    f"{self._storage.url} is corrupt: {exc}; re-upload the build"
-                ) from exc
+        for run in _contiguous_runs(missing):
+            fresh.update(self._decode_run(key, compression_type, run))
         with self._lock:
             for start_u, frame in fresh.items():
                 self._decoded[(key, start_u)] = frame
@@ -131,8 +147,71 @@ class FramedReader:
             frame if frame is not None else fresh[row[0]] for row, frame in zip(rows, cached, strict=True)
         ]
 
+    def _decode_run(
+        self, key: str, compression_type: CompressionType, run: list[tuple[int, int, int, int]]
+    ) -> dict[int, bytes]:
+        """Frames adjacent in the compressed object, fetched with one read and decoded one by one."""
+        for start_u, frame_c, size_u, size_c in run:
+            try:
+                check_frame_sizes(size_u, size_c)
+            except ValueError as exc:
+                raise self._corrupt(key, frame_c, start_u, exc) from exc
+        start_c = run[0][1]
+        end_c = run[-1][1] + run[-1][3]
+        try:
+            raw = self._storage.read_range(key, start_c, end_c - start_c)
+        except ObjectNotFound as exc:
+            raise BuildError(
+                f"compressed object {key!r} is missing from {self._storage.url}: copy or re-upload the build"
+            ) from exc
+        except StorageError as exc:  # kept a StorageError: the read may succeed when retried
+            raise StorageError(
+                f"cannot read compressed bytes [{start_c}, {end_c}) of {key!r} in {self._storage.url}: {exc}"
+            ) from exc
+        except EmberError as exc:
+            raise BuildError(
+                f"cannot read compressed bytes [{start_c}, {end_c}) of {key!r} in {self._storage.url}: "
+                f"{exc}; check that the build's data object was uploaded completely"
+            ) from exc
+        view = memoryview(raw)
+        decoded: dict[int, bytes] = {}
+        for start_u, frame_c, size_u, size_c in run:
+            low = frame_c - start_c
+            if low + size_c > len(raw):
+                raise BuildError(
+                    f"compressed object {key!r} in {self._storage.url} ends at byte {start_c + len(raw)}, "
+                    f"but the header needs a frame at [{frame_c}, {frame_c + size_c}): the object is "
+                    "truncated or missing; re-upload the build"
+                )
+            try:
+                decoded[start_u] = decode_frame(compression_type, view[low : low + size_c], size_u)
+            except ValueError as exc:
+                raise self._corrupt(key, frame_c, start_u, exc) from exc
+        return decoded
+
+    def _corrupt(self, key: str, frame_c: int, start_u: int, exc: ValueError) -> BuildError:
+        return BuildError(
+            f"frame at compressed offset {frame_c} (uncompressed {start_u}) of {key!r} in "
+            f"{self._storage.url} is corrupt: {exc}; re-upload the build"
+        )
+
     def _uncovered(self, key: str, offset_u: int, length: int) -> BuildError:
         return BuildError(
             f"uncompressed range [{offset_u}, {offset_u + length}) of {key!r} is not covered by the "
             "header's frame table: the header is inconsistent with its mappings; rebuild or re-upload it"
         )
+
+
+def _contiguous_runs(rows: list[tuple[int, int, int, int]]) -> list[list[tuple[int, int, int, int]]]:
+    """``rows`` split where the next frame does not start where the previous one ends in C space.
+
+    Sparse trimming leaves gaps between frames; one read across a gap would fetch bytes no
+    frame needs, as many as a corrupt table's offsets say.
+    """
+    runs: list[list[tuple[int, int, int, int]]] = []
+    for row in rows:
+        if runs and runs[-1][-1][1] + runs[-1][-1][3] == row[1]:
+            runs[-1].append(row)
+        else:
+            runs.append([row])
+    return runs

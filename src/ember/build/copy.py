@@ -19,7 +19,12 @@ Guarantees:
 * each object appears at the destination whole or not at all;
 * an object whose destination copy has the same non-zero CRC32C as the source is skipped,
   so re-running a copy only transfers what is missing or different;
-* a referenced object missing from the source raises ``BuildError`` naming it.
+* a referenced object missing from the source raises ``BuildError`` naming it;
+* before ``metadata.json`` is written, every copied data object is checked to hold all the
+  bytes the headers map to it (``integrity``): a truncated source object fails the copy with
+  ``BuildError`` instead of producing a complete-looking build;
+* in a local destination, temporaries left in the build folders by an interrupted earlier
+  copy (their writer is gone) are removed first and reported (``StaleTemporaryRemoved``).
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 
+from ember.build.integrity import DataRequirement, check_data_objects, data_requirements
 from ember.build.metadata import parse_metadata
 from ember.build.reader import frame_table_of, load_header
 from ember.build.transfer import copy_object
 from ember.errors import BuildError, ObjectNotFound, UsageError
-from ember.storage import MEMFILE, ROOTFS, BuildPaths, Storage
+from ember.storage import MEMFILE, ROOTFS, BuildPaths, LocalStorage, Storage, sweep_stale_temporaries
 
 DEFAULT_WORKERS = 20
 
@@ -78,7 +85,18 @@ class FileFinished:
         return f"-> [{self.done}/{self.files}] '{self.destination}' {outcome}"
 
 
-CopyEvent = CopyStarted | FileStarted | FileFinished
+@dataclass(frozen=True)
+class StaleTemporaryRemoved:
+    """A temporary of an interrupted earlier write, whose writer is gone, was removed before copying."""
+
+    path: Path
+
+    @property
+    def message(self) -> str:
+        return f"- removed '{self.path}': a temporary left by an interrupted copy or upload"
+
+
+CopyEvent = StaleTemporaryRemoved | CopyStarted | FileStarted | FileFinished
 
 
 @dataclass(frozen=True)
@@ -90,6 +108,7 @@ class CopyReport:
     copied: int
     skipped: int
     bytes_copied: int
+    removed_temporaries: tuple[Path, ...] = ()
 
 
 def display_name(storage: Storage, key: str) -> str:
@@ -97,8 +116,8 @@ def display_name(storage: Storage, key: str) -> str:
     return f"{storage.url.rstrip('/')}/{key}"
 
 
-def _data_objects(source: Storage, build_id: str, file_name: str) -> list[str]:
-    """The header key (if the build has one) and every data object it reads."""
+def _data_objects(source: Storage, build_id: str, file_name: str) -> tuple[list[str], list[DataRequirement]]:
+    """The header key (if the build has one) and every data object it reads, and how long each must be."""
     paths = BuildPaths(build_id)
     header_key = paths.header(file_name)
     header = load_header(source, header_key)
@@ -109,17 +128,17 @@ def _data_objects(source: Storage, build_id: str, file_name: str) -> list[str]:
                 f"build {build_id} in {source.url} has neither {header_key!r} nor {legacy_key!r}: "
                 "the build is incomplete; check the build id and the source storage"
             )
-        return [legacy_key]
+        return [legacy_key], []
     keys = [header_key]
     for build in header.referenced_builds():
         frames = frame_table_of(source, header, build, file_name)
         compression = 0 if frames is None else int(frames.compression_type)
         keys.append(BuildPaths(build).data_object(file_name, compression))
-    return keys
+    return keys, data_requirements(source, header, file_name)
 
 
-def referenced_objects(build_id: uuid.UUID | str, source: Storage) -> tuple[bytes, list[str]]:
-    """``metadata.json``'s bytes and the sorted keys of every other object the build references."""
+def _references(build_id: str, source: Storage) -> tuple[bytes, list[str], list[DataRequirement]]:
+    """metadata.json's bytes, the other objects' keys, and what the headers need of the data objects."""
     paths = BuildPaths(build_id)
     try:
         metadata_bytes = source.get(paths.metadata)
@@ -128,10 +147,18 @@ def referenced_objects(build_id: uuid.UUID | str, source: Storage) -> tuple[byte
             f"build {paths.build_id} has no metadata.json in {source.url}: it does not exist there or "
             "never finished uploading; check the build id and the source storage"
         ) from exc
-    keys = set(_data_objects(source, paths.build_id, ROOTFS))
-    if not parse_metadata(metadata_bytes).filesystem_only:
-        keys |= {paths.snapfile, *_data_objects(source, paths.build_id, MEMFILE)}
-    return metadata_bytes, sorted(keys)
+    keys, requirements = _data_objects(source, paths.build_id, ROOTFS)
+    if not parse_metadata(metadata_bytes, paths.build_id).filesystem_only:
+        memfile_keys, memfile_requirements = _data_objects(source, paths.build_id, MEMFILE)
+        keys += [paths.snapfile, *memfile_keys]
+        requirements += memfile_requirements
+    return metadata_bytes, sorted(set(keys)), requirements
+
+
+def referenced_objects(build_id: uuid.UUID | str, source: Storage) -> tuple[bytes, list[str]]:
+    """``metadata.json``'s bytes and the sorted keys of every other object the build references."""
+    metadata_bytes, keys, _ = _references(BuildPaths(build_id).build_id, source)
+    return metadata_bytes, keys
 
 
 class _Copier:
@@ -194,8 +221,12 @@ def copy_build(
     if workers < 1:
         raise UsageError(f"workers must be at least 1, got {workers}")
     paths = BuildPaths(build_id)
-    metadata_bytes, keys = referenced_objects(paths.build_id, source)
-    copier = _Copier(source, destination, len(keys) + 1, progress or (lambda _event: None))
+    metadata_bytes, keys, requirements = _references(paths.build_id, source)
+    emit = progress or (lambda _event: None)
+    removed = _sweep_destination(destination, [paths.metadata, *keys])
+    for path in removed:
+        emit(StaleTemporaryRemoved(path))
+    copier = _Copier(source, destination, len(keys) + 1, emit)
     copier.emit(CopyStarted(copier.files))
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="copy-build") as pool:
@@ -208,6 +239,8 @@ def copy_build(
         if failure is not None:
             raise failure
 
+    _check_copied_data(paths.build_id, destination, requirements)
+
     def put_metadata() -> int:
         destination.put(paths.metadata, metadata_bytes)
         return len(metadata_bytes)
@@ -219,4 +252,25 @@ def copy_build(
         copied=copier.copied,
         skipped=copier.files - copier.copied,
         bytes_copied=copier.bytes_copied,
+        removed_temporaries=tuple(removed),
     )
+
+
+def _sweep_destination(destination: Storage, keys: list[str]) -> list[Path]:
+    """Remove dead writers' temporaries from the local build folders this copy writes into."""
+    if not isinstance(destination, LocalStorage):
+        return []
+    folders = sorted({destination.path_of(key).parent for key in keys})
+    return [path for folder in folders for path in sweep_stale_temporaries(folder)]
+
+
+def _check_copied_data(build_id: str, destination: Storage, requirements: list[DataRequirement]) -> None:
+    """Refuse to complete the copy when a data object holds fewer bytes than the headers read."""
+    problems = [check.problem for check in check_data_objects(destination, requirements) if not check.ok]
+    if problems:
+        raise BuildError(
+            f"cannot complete the copy of build {build_id} to {destination.url}: {problems[0]}"
+            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+            + "; metadata.json was not written, so the copy is not a build: re-upload that build at "
+            "the source, then copy again"
+        )

@@ -10,9 +10,10 @@ import uuid
 from dataclasses import dataclass
 from enum import Enum
 
+from ember.build.integrity import DataCheck, check_data_objects, data_requirements
 from ember.build.reader import BuildFile
 from ember.errors import MappingError
-from ember.header import NIL_UUID, Header, validate_mappings
+from ember.header import NIL_UUID, Header, check_data_block_size, validate_mappings
 from ember.storage import BuildPaths, Storage
 
 
@@ -90,22 +91,35 @@ class DataBlock:
 
 @dataclass(frozen=True)
 class DataReport:
-    """A scan of the build's own packed data object (storage offsets, not device offsets)."""
+    """A scan of the build's own packed data object (storage offsets, not device offsets), and
+    whether every data object the header reads is long enough (``objects``, one per build)."""
 
     key: str
     block_size: int
     blocks: tuple[DataBlock, ...]
+    objects: tuple[DataCheck, ...] = ()
 
     @property
     def empty_blocks(self) -> int:
         return sum(1 for block in self.blocks if block.non_zero_bytes == 0)
 
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """One sentence per data object that does not hold what the header maps to it."""
+        return tuple(check.problem for check in self.objects if check.problem is not None)
 
-def scan_data(
-    storage: Storage, build_id: uuid.UUID | str, file_name: str, block_size: int, start: int, end: int
-) -> DataReport:
-    """Count non-zero bytes per block of ``{build}/{file}`` from block ``start`` to ``end`` (0 = all)."""
-    key = BuildPaths(build_id).data_object(file_name)
+
+def scan_data(storage: Storage, header: Header, file_name: str, start: int, end: int) -> DataReport:
+    """Count non-zero bytes per block of ``{build}/{file}`` from block ``start`` to ``end`` (0 = all),
+    and check every data object ``header`` reads against the bytes it needs.
+
+    Raises ``HeaderError`` for a block size other than 4 KiB or 2 MiB: the scan reads one block
+    at a time, and a corrupt header's block size (up to 2^64) would size those reads.
+    """
+    metadata = header.metadata
+    check_data_block_size(metadata)
+    block_size = metadata.block_size
+    key = BuildPaths(metadata.build_id).data_object(file_name)
     object_size = storage.size(key)
     total_blocks = -(-object_size // block_size)
     last = total_blocks if end == 0 else min(end, total_blocks)
@@ -114,4 +128,5 @@ def scan_data(
         offset = index * block_size
         data = storage.read_range(key, offset, block_size)
         blocks.append(DataBlock(index, offset, len(data), len(data) - data.count(0)))
-    return DataReport(f"{storage.url}/{key}", block_size, tuple(blocks))
+    objects = check_data_objects(storage, data_requirements(storage, header, file_name))
+    return DataReport(f"{storage.url}/{key}", block_size, tuple(blocks), tuple(objects))

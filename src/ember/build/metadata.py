@@ -3,7 +3,9 @@
 The original decodes the version first and only trusts the rest of the document when the
 version is 2 or more: anything else (missing, 0, 1, "1", 1.0, null, a bool, negative)
 means the deprecated format, and every other field is discarded. ember keeps that rule
-so a build written by either system reads the same in both.
+so a build written by either system reads the same in both. A deprecated document is
+not a build anyone can resume, though: ``TemplateMetadata.require_resumable`` says so, and
+a current one (version 2 or more) without ``template.build_id`` is refused when parsed.
 
 Field order and names follow the original's JSON encoder (struct declaration order,
 compact, omitempty where it has it), so a metadata.json that ember writes diffs cleanly
@@ -13,6 +15,7 @@ against one the original writes.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -71,6 +74,16 @@ class TemplateMetadata:
     filesystem_only: bool = False
     fs_quiesced: bool = False
 
+    def require_resumable(self, build_id: uuid.UUID | str) -> TemplateMetadata:
+        """``self`` if it describes a build (it has a template section); ``MetadataError`` if not.
+
+        The deprecated format keeps nothing but its version (facts file 1.4), so an empty
+        ``{}`` parses; resuming from it would then guess every field and fail far from here.
+        """
+        if self.version <= DEPRECATED_VERSION or not self.template.build_id:
+            raise _no_template(build_id)
+        return self
+
     def same_version_template(self, template: TemplateInfo) -> TemplateMetadata:
         """The metadata of a build paused from this one: what was recorded about this
         build's own snapshot (prefetch, filesystem-only, quiesce) no longer holds."""
@@ -117,8 +130,12 @@ class TemplateMetadata:
         return _encode(document)
 
 
-def parse_metadata(data: bytes) -> TemplateMetadata:
-    """Decode metadata.json bytes; raises MetadataError with the original's wording."""
+def parse_metadata(data: bytes, build_id: uuid.UUID | str | None = None) -> TemplateMetadata:
+    """Decode metadata.json bytes; raises MetadataError with the original's wording.
+
+    A version 2+ document without ``template.build_id`` is refused (``build_id`` names the
+    build in that message); a deprecated one yields only its version, as the original's does.
+    """
     try:
         document = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -131,9 +148,20 @@ def parse_metadata(data: bytes) -> TemplateMetadata:
     if version <= DEPRECATED_VERSION:
         return TemplateMetadata(version=DEPRECATED_VERSION)
     try:
-        return _decode_v2(document, version)
+        metadata = _decode_v2(document, version)
     except (TypeError, ValueError, AttributeError) as exc:
         raise MetadataError(f"error unmarshaling template metadata: {exc}") from exc
+    if not metadata.template.build_id:
+        raise _no_template(build_id)
+    return metadata
+
+
+def _no_template(build_id: uuid.UUID | str | None) -> MetadataError:
+    subject = "metadata.json" if build_id is None else f"metadata.json of build {build_id}"
+    return MetadataError(
+        f"{subject} has no template section: the build is corrupt or not a build; "
+        "pick another build or copy it again"
+    )
 
 
 def _version_of(raw: object) -> int:

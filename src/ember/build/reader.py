@@ -34,7 +34,8 @@ Guarantees:
 * nil ranges are zero-filled without any storage call;
 * a read past the device size is short; a read at or past the end returns nothing;
 * a data object shorter than a mapping needs, or missing, raises ``BuildError`` naming the
-  build, the object and the offsets: missing data is never served as zeros;
+  build, the object and the offsets: missing data is never served as zeros; a mapping whose
+  storage range ends past 2^63 (no file offset reaches it) raises ``MappingError``;
 * a ``BuildFile`` is immutable apart from lock-guarded caches, so threads may share one;
 * the native loop reads only what the storage's own read path fetched and validated, and
   only through maps the storage keeps valid (``ember.storage.mapped`` explains their
@@ -63,7 +64,7 @@ from ember.header import (
     deserialize_header,
 )
 from ember.storage import MEMFILE, ROOTFS, BuildPaths, ChunkCache, LocalStorage, Storage
-from ember.storage.base import writable_view
+from ember.storage.base import MAX_OBJECT_END, writable_view
 from ember.storage.mapped import ChunkTable, new_gather
 
 if TYPE_CHECKING:
@@ -318,7 +319,10 @@ class BuildFile:
         source = sources[build_index] if build_index in sources else self._source(build_index)
         if source is None:
             _zero_fill(target)
-        elif source.frames is None:
+            return
+        if storage_offset + length > MAX_OBJECT_END:
+            raise self._unaddressable(source, storage_offset, length, device_offset)
+        if source.frames is None:
             try:
                 filled = self._storage.read_range_into(source.key, storage_offset, target)
             except ObjectNotFound as exc:
@@ -399,6 +403,15 @@ class BuildFile:
             f"data object {source.key!r} of build {source.build_id} is missing from "
             f"{self._storage.url}, but build {self.build_id}'s {self.file_name} header maps device "
             f"offset {device_offset} to it; copy or re-upload build {source.build_id}"
+        )
+
+    def _unaddressable(
+        self, source: _Source, storage_offset: int, length: int, device_offset: int
+    ) -> MappingError:
+        return MappingError(
+            f"build {self.build_id}'s {self.file_name} header maps device offset {device_offset} to bytes "
+            f"[{storage_offset}, {storage_offset + length}) of {source.key!r}, past the largest offset "
+            "storage can address (2^63 - 1): the header is corrupt; regenerate or re-upload it"
         )
 
     def _truncated(

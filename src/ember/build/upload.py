@@ -4,17 +4,28 @@ Readers treat a build as complete once ``{build}/metadata.json`` exists (the ori
 rule, and copy-build's). So every other object is stored first, in parallel, and
 metadata.json only after all of them succeeded: a crash or an error part way leaves
 objects that no tool treats as a build, never a build with a missing piece.
+
+Two writers given the same build id (two pauses, a create racing a pause) would each
+overwrite the other's objects and leave a build mixing both. ``claim_build`` stops that:
+before writing anything, a writer creates ``{build}/.ember-claim`` exclusively
+(``Storage.create_exclusive``), so exactly one writer owns the id and the others fail
+before they store a byte.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
+import os
+import secrets
+import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ember.build.metadata import TemplateMetadata
-from ember.errors import BuildError
+from ember.errors import BuildError, EmberError, ObjectExists
 from ember.header import Header, serialize_header
 from ember.storage import MEMFILE, ROOTFS, BuildPaths, Storage
 
@@ -69,3 +80,60 @@ def upload_build(storage: Storage, artifacts: BuildArtifacts, *, consume_files: 
 def _header_bytes(header: Header) -> bytes:
     """The stored form: the in-memory 'upload pending' mark is never persisted."""
     return serialize_header(replace(header, pending_upload=False))
+
+
+def claim_build(storage: Storage, build_id: uuid.UUID | str, writer: str) -> None:
+    """Make this process the only writer of ``build_id`` in ``storage``, before it stores anything.
+
+    ``writer`` says who claims it in words (``"resume-build -pause of <parent>"``); it is
+    recorded in the marker with the host, pid and time, and shown to the writer that loses.
+    Raises ``BuildError`` when the build already exists (it has a metadata.json) or another
+    writer claimed the id first.
+    """
+    paths = BuildPaths(build_id)
+    if storage.exists(paths.metadata):
+        raise BuildError(
+            f"build {paths.build_id} already exists in {storage.url} (it has a metadata.json): "
+            "pick a new -to-build / build id"
+        )
+    marker = json.dumps(
+        {
+            "writer": writer,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "nonce": secrets.token_hex(8),
+        }
+    ).encode()
+    try:
+        storage.create_exclusive(paths.claim, marker)
+    except ObjectExists as exc:
+        recorded = _read_marker(storage, paths.claim)
+        if recorded == marker:
+            return  # a retried request whose first attempt had created it
+        raise BuildError(
+            f"build {paths.build_id} in {storage.url} was claimed by another writer "
+            f"({_describe_claim(recorded)}): it is being written or was abandoned; "
+            "pick a new -to-build / build id"
+        ) from exc
+
+
+def _read_marker(storage: Storage, key: str) -> bytes | None:
+    try:
+        return storage.get(key)
+    except EmberError:
+        return None
+
+
+def _describe_claim(marker: bytes | None) -> str:
+    """Who and when, from a marker; what is unreadable about it otherwise."""
+    try:
+        document = json.loads(marker or b"")
+    except (ValueError, UnicodeDecodeError):
+        document = None
+    if not isinstance(document, dict):
+        return "its claim marker is unreadable"
+    return (
+        f"{document.get('writer', 'unknown writer')} on host {document.get('hostname', '?')}, "
+        f"pid {document.get('pid', '?')}, at {document.get('time', '?')}"
+    )

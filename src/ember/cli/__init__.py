@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Sequence
 from types import ModuleType
 
+from ember.cli.progress import Terminated
 from ember.errors import EmberError, UsageError
 
 __all__ = ["COMMANDS", "main"]
@@ -27,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "clean-nfs-cache": "ember.cli.clean_nfs_cache",
     "hammer-file": "ember.cli.hammer_file",
     "mount-build-rootfs": "ember.cli.mount_build_rootfs",
+    "orchestrator": "ember.cli.orchestrator",
 }
 
 
@@ -65,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ember {name}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"ember {name}: terminated by SIGTERM; the sandbox was stopped", file=sys.stderr)
+        return 143
     except BrokenPipeError:
         return 1
     except Exception as exc:  # a bug: still one line, with the traceback on request

@@ -86,7 +86,7 @@ def _print_event(event: CopyEvent) -> None:
 
 def seed_sql(options: argparse.Namespace, env_id: str, destination: Storage) -> str:
     """The transaction that makes the copied build usable by the E2B API's database."""
-    metadata = parse_metadata(destination.get(BuildPaths(options.build).metadata))
+    metadata = parse_metadata(destination.get(BuildPaths(options.build).metadata), options.build)
     kernel = metadata.template.kernel_version
     firecracker = metadata.template.firecracker_version
     if not kernel or not firecracker:

@@ -7,13 +7,16 @@ import logging
 import sys
 from pathlib import Path
 
-from ember.cli.flags import FlagParser, build_id, non_negative
+from ember.cli.flags import FlagParser, build_id, non_negative, positive_float
+from ember.cli.progress import EventPrinter, stop_on_signals
+from ember.cli.render import DEFAULT_STORAGE
 from ember.errors import UsageError
-from ember.sandbox.create import CreateOptions, CreateReport, create_build
-from ember.storage import MEMFILE, METADATA, ROOTFS, SNAPFILE, BuildPaths, LocalStorage, Storage, open_storage
+from ember.sandbox import CreateOptions, CreateReport, Node, SandboxEvent, check_options, create_build
+from ember.storage import MEMFILE, METADATA, ROOTFS, SNAPFILE, BuildPaths, LocalStorage, Storage
 from ember.vmm.select import VmmName, choose_vmm
 
 SUMMARY = "boot a template, run its start command, and snapshot it into a new build"
+DEFAULT_TEMPLATE = "local-template"
 
 
 def build_parser() -> FlagParser:
@@ -29,19 +32,20 @@ def build_parser() -> FlagParser:
     )
     parser.add_flag(
         "template",
-        help="template ID (default local-template; accepted for compatibility, unused by the QEMU path)",
+        help=f"template ID (default {DEFAULT_TEMPLATE}); ember stores builds by build ID only, "
+        "so another value is refused",
         metavar="<id>",
-        default="local-template",
+        default=DEFAULT_TEMPLATE,
     )
     parser.add_flag(
         "storage",
-        help="local path, gs://bucket or s3://bucket (default .local-build)",
+        help=f"local path, gs://bucket or s3://bucket (default {DEFAULT_STORAGE})",
         metavar="<path>",
-        default=".local-build",
+        default=DEFAULT_STORAGE,
     )
     parser.add_flag(
         "sandbox-dir",
-        help="override SANDBOX_DIR (baked into Firecracker snapshots; QEMU builds do not depend on it)",
+        help="override SANDBOX_DIR for Firecracker builds; refused here, since builds are made with QEMU",
         metavar="<path>",
     )
     parser.add_flag(
@@ -51,9 +55,9 @@ def build_parser() -> FlagParser:
     )
     parser.add_flag(
         "firecracker",
-        help="Firecracker version, with -vmm firecracker (default v1.12.1)",
+        help="Firecracker version; refused here: builds are made with QEMU (resume Firecracker builds "
+        "with resume-build on a host whose KVM runs Linux guests)",
         metavar="<version>",
-        default="v1.12.1",
     )
     parser.add_flag(
         "vmm",
@@ -83,16 +87,35 @@ def build_parser() -> FlagParser:
         "timeout",
         help="minutes to wait for the ready command (default 5)",
         metavar="<minutes>",
-        type=float,
+        type=positive_float,
         default=5.0,
     )
     parser.add_bool("v", help="verbose logging")
     return parser
 
 
+def _refuse_unused(options: argparse.Namespace) -> None:
+    """Flags of the seed that this build path cannot honour are refused, never silently ignored."""
+    if options.template != DEFAULT_TEMPLATE:
+        raise UsageError(
+            f"-template {options.template!r}: ember's create-build stores builds by build ID only "
+            "(a template ID belongs to the control plane's database): drop -template"
+        )
+    if options.firecracker is not None:
+        raise UsageError(
+            "-firecracker: create-build boots Linux guests with QEMU only (ember's Firecracker driver has "
+            "no Linux-guest build path yet): drop -firecracker"
+        )
+    if options.sandbox_dir is not None:
+        raise UsageError(
+            "-sandbox-dir: QEMU builds do not bake SANDBOX_DIR into their snapshot: drop -sandbox-dir"
+        )
+
+
 def run(options: argparse.Namespace) -> int:
     if options.v:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    _refuse_unused(options)
     choice = choose_vmm(options.vmm)
     if choice.name is VmmName.FIRECRACKER:
         if options.vmm == "firecracker":
@@ -104,27 +127,33 @@ def run(options: argparse.Namespace) -> int:
         print(f"VMM: qemu (create-build builds with QEMU; {choice.reason})")
     else:
         print(f"VMM: {choice.name.value} ({choice.reason})")
-    report = create_build(
-        CreateOptions(
-            to_build=options.to_build,
-            storage=options.storage,
-            from_build=options.from_build,
-            template=options.template,
-            image=Path(options.image) if options.image else None,
-            kernel=options.kernel,
-            vcpu=options.vcpu,
-            memory_mb=options.memory,
-            disk_mb=options.disk,
-            hugepages=options.hugepages,
-            start_cmd=options.start_cmd,
-            ready_cmd=options.ready_cmd,
-            timeout_s=options.timeout * 60,
-            sandbox_dir=Path(options.sandbox_dir) if options.sandbox_dir else None,
-        ),
-        progress=lambda line: print(line, flush=True),
+    create = CreateOptions(
+        to_build=options.to_build,
+        from_build=options.from_build,
+        image=Path(options.image) if options.image else None,
+        kernel=options.kernel,
+        vcpu=options.vcpu,
+        memory_mb=options.memory,
+        disk_mb=options.disk,
+        hugepages=options.hugepages,
+        start_cmd=options.start_cmd,
+        ready_cmd=options.ready_cmd,
+        timeout_s=options.timeout * 60,
     )
-    print(f"✅ Build finished: {report.build_id}")
-    _print_artifacts(open_storage(options.storage), report)
+    check_options(create)
+    printer = EventPrinter(options.v)
+
+    def show(event: SandboxEvent) -> None:
+        if event.name == "running" and event.fields.get("slot") is not None:
+            print(f"✓ Sandbox {event.sandbox_id} running in network slot {event.fields['slot']}", flush=True)
+        printer(event)
+
+    with stop_on_signals(), Node(options.storage, events=show, idle_workers=1) as node:
+        print(f"✓ Storage: {node.storage.url} ({'local' if node.env.local_mode else 'remote'})")
+        print(f"Building with page size: {'2MB (hugepages)' if options.hugepages else '4KB (standard)'}")
+        report = create_build(node, create)
+        print(f"✅ Build finished: {report.build_id}")
+        _print_artifacts(node.storage, report)
     return 0
 
 
@@ -134,15 +163,16 @@ def _print_artifacts(storage: Storage, report: CreateReport) -> None:
     if not isinstance(storage, LocalStorage):
         print(f"   Memfile: {storage.size(paths.data_object(MEMFILE)) / 1e6:.1f} MB")
         return
-    root = storage.root / str(report.build_id)
 
     def on_disk(name: str) -> int:
-        return (root / name).stat().st_blocks * 512
+        return storage.path_of(f"{paths.build_id}/{name}").stat().st_blocks * 512
 
     for label, name, header in (
         ("Rootfs", ROOTFS, report.rootfs_header),
         ("Memfile", MEMFILE, report.memfile_header),
     ):
+        if header is None:
+            continue
         total = header.metadata.size
         diff = on_disk(name)
         print(

@@ -2,15 +2,22 @@
 
 Users paste commands from the seed's README, so ``-to-build X``, ``--to-build X``,
 ``-to-build=X`` and Go's boolean forms (``-hugepages``, ``-hugepages=false``) must all
-work. argparse already accepts multi-character single-dash options; what it lacks is
-Go's rule that a boolean flag never takes the next word as its value, which
-``FlagParser.parse_known_args`` adds by rewriting a bare boolean flag to ``-name=true``.
+work. argparse already accepts multi-character single-dash options; what it lacks are two
+rules of Go's flag package, which ``FlagParser.parse_known_args`` adds by rewriting the
+arguments before argparse sees them:
+
+* a boolean flag never takes the next word as its value: ``-data /x`` -> ``-data=true /x``;
+* a flag that takes a value takes the next word whatever it looks like: ``-start -5`` and
+  ``-cmd -x`` -> ``-start=-5``, ``-cmd=-x`` (argparse would read ``-5`` as another flag);
+  only ``--`` stays the end of the flags (argparse cannot hold it as a value).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
+import sys
 import uuid
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -42,6 +49,7 @@ class FlagParser(argparse.ArgumentParser):
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         self._bool_spellings: set[str] = set()
+        self._value_spellings: set[str] = set()
         self._spellings: set[str] = {"-h", "-help", "--help"}
         self.add_argument("-h", "-help", "--help", action="help", help="show this help and exit")
 
@@ -57,6 +65,7 @@ class FlagParser(argparse.ArgumentParser):
     ) -> None:
         """A flag that takes a value, spelled ``-name`` or ``--name``."""
         self._spellings.update((f"-{name}", f"--{name}"))
+        self._value_spellings.update((f"-{name}", f"--{name}"))
         self.add_argument(
             f"-{name}",
             f"--{name}",
@@ -87,15 +96,20 @@ class FlagParser(argparse.ArgumentParser):
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
+        given = list(sys.argv[1:] if args is None else args)
         rewritten: list[str] = []
-        passthrough = False
-        for arg in args or ():
-            if passthrough:
-                rewritten.append(arg)
-                continue
+        position = 0
+        while position < len(given):
+            arg = given[position]
+            position += 1
             if arg == "--":
-                passthrough = True
-            elif arg.startswith("-") and len(arg) > 1 and arg.split("=", 1)[0] not in self._spellings:
+                rewritten += given[position - 1 :]
+                break
+            if arg in self._value_spellings and position < len(given) and given[position] != "--":
+                rewritten.append(f"{arg}={given[position]}")
+                position += 1
+                continue
+            if arg.startswith("-") and len(arg) > 1 and arg.split("=", 1)[0] not in self._spellings:
                 # argparse 3.11 matches prefixes of single-dash flags even with allow_abbrev off.
                 self.error(f"flag provided but not defined: {arg.split('=', 1)[0]}")
             rewritten.append(f"{arg}=true" if arg in self._bool_spellings else arg)
@@ -126,6 +140,32 @@ def non_negative(text: str) -> int:
     return value
 
 
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """Argument type for amounts that may be zero (a percentage, a delay): finite and >= 0."""
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must not be negative")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """Argument type for durations and sizes that must be more than zero (a timeout in seconds)."""
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be greater than zero")
+    return value
+
+
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 
@@ -137,4 +177,7 @@ def go_duration(text: str) -> float:
         return 0.0
     if not parts or "".join(number + unit for number, unit in parts) != text:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use forms like 48h, 90m, 1h30m, 10s)")
-    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    if not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: it is too long to represent")
+    return seconds

@@ -10,7 +10,7 @@ from typing import Any
 from ember.build.inspect import DataReport, HeaderReport, Role, inspect_header, scan_data
 from ember.cli.flags import FlagParser, build_id, non_negative
 from ember.cli.render import file_flag, print_metadata, storage_flag
-from ember.errors import UsageError
+from ember.errors import BuildError, UsageError
 from ember.header import RECORD_BYTES, format_mapping
 from ember.storage import open_storage
 
@@ -50,14 +50,19 @@ def run(options: argparse.Namespace) -> int:
     report = inspect_header(storage, options.build, file_name)
     data = None
     if options.data:
-        data = scan_data(
-            storage, options.build, file_name, report.header.metadata.block_size, options.start, options.end
-        )
+        data = scan_data(storage, report.header, file_name, options.start, options.end)
     if options.json:
         json.dump(_as_json(report, data), sys.stdout, indent=2)
         print()
     else:
         _print_text(report, data)
+    if data is not None and data.problems:
+        for problem in data.problems:
+            print(f"ember inspect-build: {problem}", file=sys.stderr)
+        raise BuildError(
+            f"{len(data.problems)} of {len(data.objects)} data objects that build {options.build}'s "
+            f"{file_name} header reads are missing or truncated: copy or re-upload those builds"
+        )
     return 0
 
 
@@ -98,6 +103,13 @@ def _print_data(data: DataReport) -> None:
     print(f"Empty blocks       {empty} ({empty * data.block_size // (1 << 20)} MiB)")
     print(f"Non-empty blocks   {full} ({full * data.block_size // (1 << 20)} MiB)")
     print(f"Total blocks       {len(data.blocks)}")
+    print("\nDATA OBJECTS")
+    print("============")
+    for check in data.objects:
+        need = check.requirement
+        size = "missing" if check.size_bytes is None else f"{check.size_bytes} B"
+        verdict = "ok" if check.ok else ("MISSING" if check.size_bytes is None else "TRUNCATED")
+        print(f"{need.build_id} {need.key}: {size}, header reads {need.needed_bytes} B: {verdict}")
 
 
 def _as_json(report: HeaderReport, data: DataReport | None) -> dict[str, Any]:
@@ -153,5 +165,15 @@ def _as_json(report: HeaderReport, data: DataReport | None) -> dict[str, Any]:
                 for b in data.blocks
             ],
             "empty_blocks": data.empty_blocks,
+            "objects": [
+                {
+                    "build_id": str(c.requirement.build_id),
+                    "key": c.requirement.key,
+                    "size_bytes": c.size_bytes,
+                    "needed_bytes": c.requirement.needed_bytes,
+                    "ok": c.ok,
+                }
+                for c in data.objects
+            ],
         }
     return document

@@ -3,41 +3,35 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import logging
 import math
 import os
-import shutil
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import TextIO
 
+from ember.build import BuildFile
 from ember.cli.flags import FlagParser, build_id, non_negative
+from ember.cli.progress import EventPrinter, stop_on_signals
 from ember.cli.render import DEFAULT_STORAGE
 from ember.environment import Environment
 from ember.errors import BuildError, UsageError
-from ember.network import SlotPool
-from ember.sandbox.resume import (
-    OPTIMIZE_RUNS,
-    LoadedBuild,
-    RunningSandbox,
-    load_build,
-    record_prefetch,
-    save_prefetch,
-)
-from ember.storage import ChunkCache, LocalStorage, Storage, open_storage
+from ember.header import check_can_derive
+from ember.memory import merge_runs
+from ember.sandbox import BuildInfo, Node, ResumeOptions, Sandbox, save_prefetch
+from ember.storage import MEMFILE, ROOTFS, ChunkCache
 
 SUMMARY = "resume a sandbox from a build: interactive, benchmark, run a command, or pause into a new build"
 
 COMMAND_TIMEOUT_S = 600.0
+OPTIMIZE_RUNS = 2
+OPTIMIZE_SETTLE_S = 1.0
 
 
 def build_parser() -> FlagParser:
@@ -63,7 +57,8 @@ def build_parser() -> FlagParser:
     )
     parser.add_flag(
         "sandbox-dir",
-        help="override SANDBOX_DIR (baked into Firecracker snapshots; QEMU builds do not depend on it)",
+        help="override SANDBOX_DIR, where Firecracker builds expect their rootfs and kernel "
+        "(QEMU builds do not depend on it)",
         metavar="<path>",
     )
     parser.add_flag(
@@ -131,78 +126,110 @@ def run(options: argparse.Namespace) -> int:
     wait_signal = _signal(options.signal_pause) if options.signal_pause else None
     if options.v:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    env = Environment.resolve(options.storage)
-    storage: Storage = open_storage(options.storage)
-    cache: ChunkCache | None = None
-    if not isinstance(storage, LocalStorage):
-        env.snapshot_cache_dir.mkdir(parents=True, exist_ok=True)
-        cache = ChunkCache(storage, env.snapshot_cache_dir)
-        storage = cache
-    work_root = env.orchestrator_base_path / "sandbox"
-    work_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="resume-", dir=work_root) as scratch, SlotPool() as pool:
+    environ = dict(os.environ)
+    if options.sandbox_dir:
+        environ["SANDBOX_DIR"] = options.sandbox_dir
+    env = Environment.resolve(options.storage, environ)
+    with (
+        stop_on_signals(),
+        Node(
+            options.storage,
+            env=env,
+            events=EventPrinter(options.v),
+            worker_log_level=logging.INFO if options.v else logging.WARNING,
+        ) as node,
+    ):
+        if node.reclaimed.count:
+            print(f"🧹 Reclaimed what killed sandboxes left: {node.reclaimed.summary()}")
         print(f"📦 Loading {options.from_build}...")
-        build = load_build(storage, options.from_build, Path(scratch))
-        _print_build(build)
+        build = node.build_info(options.from_build)
+        _print_build(node, build)
+        new_build = options.to_build or uuid.uuid4()
+        if mode is not None:
+            _check_pausable(node, build, new_build)
+        node.workers.wait_ready()
         if options.iterations:
-            return _benchmark(build, env, Path(scratch), pool, options, cache)
-        prefetch = not options.no_prefetch
-        with RunningSandbox(build, env, Path(scratch) / "sandbox", pool, prefetch=prefetch) as sandbox:
-            print(f"✅ Running (resumed in {sandbox.resumed_in_s * 1000:.1f}ms)")
-            if options.v:
-                timings = sandbox.timings
-                print(
-                    f"   prepare {timings.prepare_s * 1000:.1f}ms, restore {timings.restore_s * 1000:.1f}ms, "
-                    f"envd /init {timings.init_s * 1000:.1f}ms"
-                )
-                if cache is not None:
-                    print(f"   storage chunks fetched: {cache.stats().chunks_fetched}")
-            if options.cmd:
-                return _run_command(sandbox, options.cmd)
-            if mode is None:
-                _interactive(sandbox)
-                return 0
-            if mode == "cmd_pause":
-                if _run_command(sandbox, options.cmd_pause) != 0:
-                    raise BuildError(f"command {options.cmd_pause!r} failed: not pausing")
-            elif mode == "cmd_signal_pause":
-                sandbox.envd.start(options.cmd_signal_pause, timeout_s=COMMAND_TIMEOUT_S).close()
-                _wait_for_signal(signal.SIGUSR1)
-            elif mode == "signal_pause" and wait_signal is not None:
-                _wait_for_signal(wait_signal)
-            new_build = options.to_build or uuid.uuid4()
-            result = sandbox.pause(storage, new_build, lambda line: print(line, flush=True))
-            print("✅ Snapshot uploaded successfully")
-            print(f"✅ Build finished: {result.build_id} (paused in {result.duration_s * 1000:.0f}ms)")
-        if options.optimize:
-            print(f"🔎 Recording prefetch data: resuming {result.build_id} {OPTIMIZE_RUNS} times", flush=True)
-            mapping = record_prefetch(
-                storage, result.build_id, env, Path(scratch) / "optimize", pool, progress=print
+            return _benchmark(node, build, options)
+        try:
+            return _run_sandbox(node, build, options, mode, wait_signal, new_build)
+        except BaseException:
+            if mode is not None:
+                node.release_claim(new_build)
+            raise
+
+
+def _run_sandbox(
+    node: Node,
+    build: BuildInfo,
+    options: argparse.Namespace,
+    mode: str | None,
+    wait_signal: signal.Signals | None,
+    new_build: uuid.UUID,
+) -> int:
+    resume = ResumeOptions(build.build_id, prefetch=not options.no_prefetch)
+    started = time.monotonic()
+    with Sandbox.resume(node, resume) as sandbox:
+        resumed_s = time.monotonic() - started
+        print(f"✅ Running (resumed in {resumed_s * 1000:.1f}ms)")
+        print(f"   sandbox {sandbox.id} in network slot {sandbox.slot.idx}", flush=True)
+        if options.v and sandbox.started is not None:
+            report = sandbox.started
+            print(
+                f"   prepare {report.prepare_s * 1000:.1f}ms, restore {report.restore_s * 1000:.1f}ms, "
+                f"envd /init {report.init_s * 1000:.1f}ms"
             )
-            save_prefetch(storage, result.build_id, mapping)
-            print(f"✅ Prefetch mapping saved: {len(mapping.indices)} blocks")
+            if isinstance(node.storage, ChunkCache):
+                print(f"   storage chunks fetched: {node.storage.stats().chunks_fetched}")
+        if options.cmd:
+            code = _run_command(sandbox, options.cmd, resumed_s)
+            sandbox.check()
+            return code
+        if mode is None:
+            _interactive(sandbox)
+            return 0
+        if mode == "cmd_pause":
+            if _run_command(sandbox, options.cmd_pause, resumed_s) != 0:
+                raise BuildError(f"command {options.cmd_pause!r} failed: not pausing")
+        elif mode == "cmd_signal_pause":
+            sandbox.envd.start(options.cmd_signal_pause, timeout_s=COMMAND_TIMEOUT_S).close()
+            _wait_for_signal(sandbox, signal.SIGUSR1)
+        elif mode == "signal_pause" and wait_signal is not None:
+            _wait_for_signal(sandbox, wait_signal)
+        result = sandbox.pause(new_build, claimed=True)
+        print("✅ Snapshot uploaded successfully")
+        print(f"✅ Build finished: {result.build_id} (paused in {result.duration_s * 1000:.0f}ms)")
+    if options.optimize:
+        _optimize(node, result.build_id)
     return 0
 
 
-def _print_build(build: LoadedBuild) -> None:
+def _check_pausable(node: Node, build: BuildInfo, new_build: uuid.UUID) -> None:
+    """What a pause will need, checked before the sandbox runs: the target claimed, headers derivable."""
+    for name in (MEMFILE, ROOTFS):
+        check_can_derive(BuildFile.open(node.storage, build.build_id, name).header)
+    node.claim(new_build, f"resume-build -pause of {build.build_id}")
+
+
+def _print_build(node: Node, build: BuildInfo) -> None:
     template = build.metadata.template
-    memfile, rootfs = build.memfile, build.rootfs
-    print(f"Kernel: {template.kernel_version}, Firecracker: {template.firecracker_version}")
+    print(f"Kernel: {template.kernel_version}, VMM: {template.firecracker_version} ({build.vmm.value})")
+    memfile = BuildFile.open(node.storage, build.build_id, MEMFILE)
+    rootfs = BuildFile.open(node.storage, build.build_id, ROOTFS)
     print(f"Memfile: {memfile.size >> 20} MB ({memfile.block_size >> 10} KB blocks)")
     print(f"Rootfs: {rootfs.size >> 20} MB ({rootfs.block_size >> 10} KB blocks)")
     prefetch = build.metadata.prefetch
     print(f"Prefetch: {len(prefetch.indices) if prefetch else 0} blocks")
 
 
-def _run_command(sandbox: RunningSandbox, cmd: str) -> int:
+def _run_command(sandbox: Sandbox, cmd: str, resumed_s: float) -> int:
     started = time.monotonic()
     result = sandbox.envd.run(
         cmd, on_stdout=_relay(sys.stdout), on_stderr=_relay(sys.stderr), timeout_s=COMMAND_TIMEOUT_S
     )
     command_s = time.monotonic() - started
     print(
-        f"Resume: {sandbox.resumed_in_s * 1000:.1f}ms, Command: {command_s * 1000:.1f}ms, "
-        f"Total: {(sandbox.resumed_in_s + command_s) * 1000:.1f}ms, exit code {result.exit_code}"
+        f"Resume: {resumed_s * 1000:.1f}ms, Command: {command_s * 1000:.1f}ms, "
+        f"Total: {(resumed_s + command_s) * 1000:.1f}ms, exit code {result.exit_code}"
     )
     return result.exit_code
 
@@ -215,64 +242,66 @@ def _relay(stream: TextIO) -> Callable[[bytes], None]:
     return write
 
 
-def _wait_for_signal(wanted: signal.Signals) -> None:
+def _wait_for_signal(sandbox: Sandbox, wanted: signal.Signals) -> None:
+    """Wait for ``wanted``; the sandbox ending first (its VM died) is an error."""
     received = threading.Event()
     previous = signal.signal(wanted, lambda signum, frame: received.set())
     try:
         print(f"⏳ Waiting for {wanted.name} (kill -{wanted.name} {os.getpid()}) before pausing", flush=True)
         while not received.wait(0.5):
-            pass
+            if sandbox.wait(0) is not sandbox.state.RUNNING:
+                raise BuildError(f"the sandbox ended before {wanted.name}: {sandbox.failure or 'it stopped'}")
     finally:
         signal.signal(wanted, previous)
 
 
-def _interactive(sandbox: RunningSandbox) -> None:
+def _interactive(sandbox: Sandbox) -> None:
     slot = sandbox.slot
-    print(f"   envd: http://{slot.host_ip}:49983 (try: curl -si http://{slot.host_ip}:49983/health)")
+    print(f"   envd: {sandbox.envd_url} (try: curl -si {sandbox.envd_url}/health)")
+    print(f"   envd access token: {sandbox.identity.access_token} (send it as X-Access-Token)")
     print(
         f"   guest: {slot.guest_ip} inside network namespace {slot.namespace} "
         f"(sudo ip netns exec {slot.namespace} <command>)"
     )
-    print("   Press Ctrl+C to stop the sandbox (nothing is saved)")
+    print("   Press Ctrl+C to stop the sandbox (nothing is saved)", flush=True)
     stop = threading.Event()
     previous = {
         sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
     }
     try:
         while not stop.wait(0.5):
-            sandbox.vm.check_alive()
+            if sandbox.wait(0) is not sandbox.state.RUNNING:
+                raise BuildError(f"the sandbox ended: {sandbox.failure or 'it stopped'}")
         print("⏹ Stopping the sandbox", flush=True)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _drop_caches(cache: ChunkCache | None) -> None:
-    if cache is not None:
-        cache.close()
-        for entry in cache.root.iterdir():
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-    subprocess.run(["sync"], check=False)
-    with contextlib.suppress(OSError):
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+def _optimize(node: Node, build_id: uuid.UUID) -> None:
+    """Resume the new build ``OPTIMIZE_RUNS`` times without prefetch; save the pages every run read."""
+    print(f"🔎 Recording prefetch data: resuming {build_id} {OPTIMIZE_RUNS} times", flush=True)
+    recorded = []
+    for run in range(OPTIMIZE_RUNS):
+        with Sandbox.resume(node, ResumeOptions(build_id, prefetch=False)) as sandbox:
+            time.sleep(OPTIMIZE_SETTLE_S)
+            recorded.append(sandbox.accesses())
+        print(f"   prefetch run {run + 1}/{OPTIMIZE_RUNS}: {len(recorded[-1])} pages read", flush=True)
+    mapping = merge_runs(recorded)
+    save_prefetch(node.storage, build_id, mapping)
+    print(f"✅ Prefetch mapping saved: {len(mapping.indices)} blocks")
 
 
-def _benchmark(
-    build: LoadedBuild,
-    env: Environment,
-    scratch: Path,
-    pool: SlotPool,
-    options: argparse.Namespace,
-    cache: ChunkCache | None,
-) -> int:
+def _benchmark(node: Node, build: BuildInfo, options: argparse.Namespace) -> int:
     durations: list[float] = []
+    resume = ResumeOptions(build.build_id, prefetch=not options.no_prefetch)
     for iteration in range(options.iterations):
         if options.cold:
-            _drop_caches(cache)
-        work = scratch / f"run-{iteration}"
-        with RunningSandbox(build, env, work, pool, prefetch=not options.no_prefetch) as sandbox:
-            durations.append(sandbox.resumed_in_s * 1000)
+            node.drop_caches()
+        node.workers.wait_ready()
+        started = time.monotonic()
+        with Sandbox.resume(node, dataclasses.replace(resume)):
+            durations.append((time.monotonic() - started) * 1000)
         average = statistics.fmean(durations)
         deviation = (durations[-1] - average) / average * 100 if average else 0.0
         print(f"[{iteration + 1:2d}] {durations[-1]:.1f}ms  {deviation:+.1f}%", flush=True)

@@ -18,6 +18,7 @@ import http.client
 import json
 import secrets
 import signal
+import socket
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
@@ -29,8 +30,9 @@ from ember.envd.records import EntryInfo, ProcessInfo, ProcessResult
 from ember.errors import EmberError
 
 DEFAULT_TIMEOUT_S = 30.0
-HEALTH_RETRY_INTERVAL_S = 0.005
-HEALTH_ATTEMPT_TIMEOUT_S = 0.05
+CONNECT_RETRY_S = 0.005
+CONNECT_ATTEMPT_S = 0.05
+READY_REQUEST_TIMEOUT_S = 2.0
 STREAM_KEEPALIVE_S = 5
 _PROTO = Encoding.PROTO
 OutputCallback = Callable[[bytes], None]
@@ -116,7 +118,15 @@ class ProcessHandle:
 class EnvdClient:
     """Talks to one envd at ``base_url`` (``http://host:49983``)."""
 
-    def __init__(self, base_url: str, access_token: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(
+        self,
+        base_url: str,
+        access_token: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        headers: Mapping[str, str] | None = None,
+    ):
+        """``headers`` go with every request: e.g. ``E2b-Sandbox-Id``/``E2b-Sandbox-Port`` to reach
+        envd through a sandbox proxy rather than at the sandbox's own address."""
         url = urlsplit(base_url)
         if url.scheme != "http" or not url.hostname:
             raise EnvdError("connect", "invalid_argument", f"base URL {base_url!r} is not http://host:port")
@@ -125,9 +135,12 @@ class EnvdClient:
         self._port = url.port or 80
         self.access_token = access_token
         self.timeout_s = timeout_s
+        self.extra_headers = dict(headers or {})
 
     def _headers(self, user: str | None = None) -> dict[str, str]:
-        headers = {"X-Access-Token": self.access_token} if self.access_token else {}
+        headers = dict(self.extra_headers)
+        if self.access_token:
+            headers["X-Access-Token"] = self.access_token
         if user:
             headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:".encode()).decode()
         return headers
@@ -143,7 +156,7 @@ class EnvdClient:
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         connection = http.client.HTTPConnection(self._host, self._port, timeout=timeout_s)
         try:
-            connection.request(method, path, body=body, headers=dict(headers))
+            connection.request(method, path, body=body, headers={**self.extra_headers, **headers})
             return connection, connection.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
@@ -168,26 +181,77 @@ class EnvdClient:
 
     def health(self) -> bool:
         try:
-            status, _ = self._exchange("GET", "/health", timeout_s=HEALTH_ATTEMPT_TIMEOUT_S * 20)
+            status, _ = self._exchange("GET", "/health", timeout_s=CONNECT_ATTEMPT_S * 20)
         except EnvdError:
             return False
         return status == 204
 
-    def wait_until_healthy(self, timeout_s: float) -> None:
-        """Poll ``/health`` every 5 ms until it answers 204; raise ``EnvdError`` after ``timeout_s``."""
+    def wait_until_healthy(self, timeout_s: float, check: Callable[[], None] = lambda: None) -> None:
+        """Wait until envd accepts connections and answers ``/health``; ``EnvdError`` after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
+        self._wait_for_listener(deadline, check, "health")
         while True:
             try:
-                status, _ = self._exchange("GET", "/health", timeout_s=HEALTH_ATTEMPT_TIMEOUT_S)
+                status, _ = self._exchange("GET", "/health", timeout_s=READY_REQUEST_TIMEOUT_S)
                 if status == 204:
                     return
             except EnvdError:
                 pass
-            if time.monotonic() >= deadline:
-                raise EnvdError(
-                    "health", "deadline_exceeded", f"envd did not become healthy in {timeout_s} s"
+            self._retry_or_give_up(deadline, check, "health")
+
+    def init_when_ready(
+        self,
+        timeout_s: float,
+        check: Callable[[], None] = lambda: None,
+        *,
+        access_token: str | None = None,
+        env_vars: Mapping[str, str] | None = None,
+        default_user: str | None = None,
+        default_workdir: str | None = None,
+    ) -> None:
+        """Wait until envd accepts a connection, then ``POST /init`` until it succeeds; at most ``timeout_s``.
+
+        This is the one readiness loop for a guest that is booting or waking up. Connecting
+        is retried every 5 ms with 50 ms attempts (the original's): a SYN the guest was not
+        yet running to answer would otherwise wait for TCP's 1 s retransmission. Once a
+        connection is accepted, each request gets ``READY_REQUEST_TIMEOUT_S``: a guest on TCG
+        needs ~150 ms to answer its first request, and shorter attempts would abandon it half
+        done, again and again. ``check`` runs before every attempt and raises to give up early
+        (the VM exited, its memory could not be read). An answer that is an HTTP error (a
+        refused token) is final: retrying cannot change it.
+        """
+        deadline = time.monotonic() + timeout_s
+        self._wait_for_listener(deadline, check, "init")
+        while True:
+            try:
+                self.init(
+                    access_token=access_token,
+                    env_vars=env_vars,
+                    default_user=default_user,
+                    default_workdir=default_workdir,
+                    timestamp=dt.datetime.now(dt.UTC),
+                    timeout_s=READY_REQUEST_TIMEOUT_S,
                 )
-            time.sleep(HEALTH_RETRY_INTERVAL_S)
+                return
+            except EnvdError as exc:
+                if exc.code != "unavailable":
+                    raise
+            self._retry_or_give_up(deadline, check, "init")
+
+    def _wait_for_listener(self, deadline: float, check: Callable[[], None], operation: str) -> None:
+        while True:
+            check()
+            try:
+                socket.create_connection((self._host, self._port), timeout=CONNECT_ATTEMPT_S).close()
+                return
+            except OSError:
+                self._retry_or_give_up(deadline, check, operation)
+
+    def _retry_or_give_up(self, deadline: float, check: Callable[[], None], operation: str) -> None:
+        check()
+        if time.monotonic() >= deadline:
+            raise EnvdError(operation, "deadline_exceeded", f"envd at {self.base_url} did not answer in time")
+        time.sleep(CONNECT_RETRY_S)
 
     def init(
         self,
@@ -196,8 +260,13 @@ class EnvdClient:
         default_user: str | None = None,
         default_workdir: str | None = None,
         timestamp: dt.datetime | None = None,
+        timeout_s: float | None = None,
     ) -> None:
-        """Configure envd (``POST /init``); the token is used for every later request."""
+        """Configure envd (``POST /init``); the token is used for every later request.
+
+        The request carries the client's current token, if any: envd lets a token be replaced
+        only by whoever knows the current one, or holds the one its host channel vouches for.
+        """
         moment = (timestamp or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
         body: dict[str, Any] = {"timestamp": moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
         for key, value in (
@@ -209,7 +278,9 @@ class EnvdClient:
             if value is not None:
                 body[key] = value
         headers = {"Content-Type": "application/json", **self._headers()}
-        status, reply = self._exchange("POST", "/init", json.dumps(body).encode(), headers, operation="init")
+        status, reply = self._exchange(
+            "POST", "/init", json.dumps(body).encode(), headers, timeout_s=timeout_s, operation="init"
+        )
         _check_http("init", status, reply, expected=204)
         if access_token is not None:
             self.access_token = access_token

@@ -51,7 +51,10 @@ GUEST_MODULES = (
     "virtio_net",
     "vmw_vsock_virtio_transport",
     "fuse",
+    "qemu_fw_cfg",
 )
+"""``qemu_fw_cfg`` exposes QEMU's fw_cfg files in sysfs: the host's channel that vouches for
+the sandbox's envd token (the counterpart of Firecracker's MMDS)."""
 
 
 @dataclass(frozen=True)
@@ -137,20 +140,34 @@ def provision_kernel(
     package = package or resolve_kernel_package(arch)
     release = package.removeprefix("linux-image-")
     kernel = GuestKernel(kernel_version_for(release), arch, kernels_dir / kernel_version_for(release) / arch)
-    if (kernel.directory / STAMP).is_file():
+    stamp = _read_stamp(kernel.directory / STAMP)
+    if stamp is not None and stamp.get("modules") == list(GUEST_MODULES):
         return open_kernel(kernels_dir, kernel.version, arch)
     deb = download_deb(package, arch, ensure_dir(deb_cache))
     parent = ensure_dir(kernel.directory.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{arch}.", dir=parent))
     try:
         _unpack_kernel(deb, release, staging)
-        (staging / STAMP).write_text(json.dumps({"package": package, "deb": deb.name}) + "\n")
+        record = {"package": package, "deb": deb.name, "modules": list(GUEST_MODULES)}
+        (staging / STAMP).write_text(json.dumps(record) + "\n")
         staging.chmod(0o755)
+        if stamp is not None:  # provisioned with another module set: replace it
+            retired = Path(tempfile.mkdtemp(prefix=f".{arch}.retired.", dir=parent))
+            os.rename(kernel.directory, retired / arch)
+            discard(retired)
         publish(staging, kernel.directory)
     except BaseException:
         discard(staging)
         raise
     return open_kernel(kernels_dir, kernel.version, arch)
+
+
+def _read_stamp(path: Path) -> dict[str, object] | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def resolve_kernel_package(arch: str) -> str:

@@ -24,6 +24,7 @@ from ember.header.model import (
     Mapping,
     Metadata,
     Resolved,
+    check_next_generation,
 )
 from ember.header.table import U32, U64, MappingTable
 
@@ -161,3 +162,12 @@ def empty_device_header(build_id: uuid.UUID, size_bytes: int, block_size: int) -
     """
     metadata = Metadata.new_template(build_id, block_size, size_bytes)
     return Header(metadata, MappingTable.from_records([Mapping(0, size_bytes, NIL_UUID, 0)]))
+
+
+def check_can_derive(header: Header) -> None:
+    """Raise ``HeaderError`` if no diff build can be made on top of ``header`` (its generation is maxed).
+
+    Call it before a pause or any other work that ends in a diff header, so the failure comes
+    before the VM is stopped, not after its memory was exported.
+    """
+    check_next_generation(header.metadata)

@@ -5,7 +5,7 @@ The 64-byte metadata prefix every header version starts with (all little-endian)
     off  size  field
     0    u64   version        format = version & 0xFFFF; upper bits are carried through untouched
     8    u64   block_size     never zero
-    16   u64   size           logical device size in bytes
+    16   u64   size           logical device size in bytes, at most 16 TiB (``MAX_DEVICE_SIZE``)
     24   u64   generation     0 for a template layer, +1 per diff layer
     32   16 B  build_id       raw RFC-4122 bytes (uuid.UUID.bytes)
     48   16 B  base_build_id  root template build of the chain
@@ -33,6 +33,13 @@ STRICT_VERSION: Final = 3
 LEGACY_METADATA_VERSION: Final = 1
 _U64_MAX: Final = (1 << 64) - 1
 
+MAX_DEVICE_SIZE: Final = (1 << 32) * PAGE_SIZE
+"""16 TiB: the original keeps mappings in uint32 columns of 4 KiB pages (facts file 2.6), so no
+build of either system is larger, and a header claiming more is corrupt. Bounding it here, where
+every header is decoded, keeps anything sized from it (page trackers, recorders, grids) sane."""
+DATA_BLOCK_SIZES: Final = (PAGE_SIZE, HUGEPAGE_SIZE)
+"""The block sizes data is read and written in: 4 KiB pages (rootfs, small-page memfile), 2 MiB hugepages."""
+
 
 def _check_u64(name: str, value: int) -> None:
     if not 0 <= value <= _U64_MAX:
@@ -57,6 +64,11 @@ class Metadata:
             raise HeaderError(
                 "block size cannot be zero: the header is corrupt or was written by a broken producer"
             )
+        if self.size > MAX_DEVICE_SIZE:
+            raise HeaderError(
+                f"header size {self.size} bytes is over the 16 TiB ({MAX_DEVICE_SIZE}-byte) limit of "
+                "E2B builds: the header is corrupt or was written by a broken producer"
+            )
 
     @property
     def format_version(self) -> int:
@@ -77,7 +89,32 @@ class Metadata:
 
     def next_generation(self, build_id: uuid.UUID) -> Metadata:
         """Metadata of a diff layer on top of this one: everything inherited but build and generation."""
+        check_next_generation(self)
         return replace(self, build_id=build_id, generation=self.generation + 1)
+
+
+def check_next_generation(metadata: Metadata) -> None:
+    """Refuse to number a child of a build whose generation is the last a header can count."""
+    if metadata.generation >= _U64_MAX:
+        raise HeaderError(
+            f"build {metadata.build_id} is at generation {metadata.generation}, the last an unsigned "
+            "64-bit header field can hold, so no diff build can be made on top of it: the header is "
+            "corrupt; pause from another build or re-create the template"
+        )
+
+
+def check_data_block_size(metadata: Metadata) -> None:
+    """Refuse to read data in blocks of any size but 4 KiB or 2 MiB (facts file 2.14).
+
+    Headers with another block size still decode, so inspect-build can show them, but sizing
+    reads, pages or scans from such a value would be wrong or unbounded.
+    """
+    if metadata.block_size not in DATA_BLOCK_SIZES:
+        raise HeaderError(
+            f"header of build {metadata.build_id} has block size {metadata.block_size}: ember reads data "
+            f"only in blocks of {PAGE_SIZE} or {HUGEPAGE_SIZE} bytes; the header is corrupt or was "
+            "written by a broken producer"
+        )
 
 
 @dataclass(frozen=True, slots=True)

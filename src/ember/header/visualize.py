@@ -22,6 +22,9 @@ from ember.header.table import MappingTable
 SKIPPED_BLOCK = "░"
 BOTTOM_BLOCK = "▓"
 TOP_BLOCK = "█"
+MAX_GRID_BLOCKS = 1 << 24
+_CODES = {SKIPPED_BLOCK: b"s", BOTTOM_BLOCK: b"b", TOP_BLOCK: b"t"}
+_GLYPHS = str.maketrans({code.decode(): glyph for glyph, code in _CODES.items()})
 
 
 def format_mapping(mapping: Mapping, block_size: int) -> str:
@@ -41,20 +44,31 @@ def visualize(
     bottom_group: Collection[uuid.UUID] | None = None,
     top_group: Collection[uuid.UUID] | None = None,
 ) -> str:
-    """The block grid of ``table``; blocks past ``size`` are not drawn."""
+    """The block grid of ``table``; blocks past ``size`` are not drawn.
+
+    One byte per block while drawing (a list of characters would cost 8), and at most
+    ``MAX_GRID_BLOCKS`` blocks: a 16 TiB device of 4 KiB blocks would be 4 Gi characters.
+    """
     if block_size <= 0 or cols <= 0:
         raise UsageError(f"block size ({block_size}) and columns ({cols}) must both be positive")
-    grid = [SKIPPED_BLOCK] * (size // block_size)
+    blocks = size // block_size
+    if blocks > MAX_GRID_BLOCKS:
+        raise UsageError(
+            f"the {size}-byte device has {blocks} blocks of {block_size} bytes, too many to draw one "
+            f"character each (at most {MAX_GRID_BLOCKS}): leave out -visualize"
+        )
+    grid = bytearray(_CODES[SKIPPED_BLOCK] * blocks)
     bottom = set(bottom_group or ())
     top = set(top_group or ())
     for mapping in table:
         if mapping.build_id in top:
-            mark = TOP_BLOCK
+            mark = _CODES[TOP_BLOCK]
         elif mapping.build_id in bottom:
-            mark = BOTTOM_BLOCK
+            mark = _CODES[BOTTOM_BLOCK]
         else:
             continue
-        first = mapping.offset // block_size
-        last = min(first + mapping.length // block_size, len(grid))
-        grid[first:last] = [mark] * max(last - first, 0)
-    return "\n".join("".join(grid[i : i + cols]) for i in range(0, len(grid), cols))
+        first = min(mapping.offset // block_size, blocks)
+        last = min(first + mapping.length // block_size, blocks)
+        grid[first:last] = mark * (last - first)
+    text = grid.decode("ascii").translate(_GLYPHS)
+    return "\n".join(text[i : i + cols] for i in range(0, len(text), cols))

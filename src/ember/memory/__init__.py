@@ -7,8 +7,10 @@ from ember.memory.fuse import (
     MEMORY_FILE_NAME,
     LazyMemory,
     LazyMemoryError,
+    abort_fuse_connection,
     export_memory_diff,
     is_mounted,
+    mount_device,
 )
 from ember.memory.prefetch import (
     AccessKind,
@@ -31,10 +33,12 @@ __all__ = [
     "PageAccesses",
     "PrefetchStats",
     "Prefetcher",
+    "abort_fuse_connection",
     "coalesce",
     "export_memory",
     "export_memory_diff",
     "is_mounted",
     "merge_runs",
+    "mount_device",
     "nonzero_blocks",
 ]

@@ -26,7 +26,6 @@ import ctypes
 import errno
 import logging
 import os
-import random
 import signal
 import stat
 import threading
@@ -36,16 +35,14 @@ from dataclasses import dataclass
 from typing import Final
 
 from ember.block import BaseDevice, Overlay
+from ember.build.retry import READ_RETRY_DELAYS_S as READ_RETRY_DELAYS_S  # LazyMemory's default
+from ember.build.retry import read_with_retries
 from ember.errors import EmberError, StorageError
 from ember.memory.prefetch import AccessKind, AccessRecorder
 
 _log = logging.getLogger(__name__)
 
 _ROOT: Final = "/"
-
-READ_RETRY_DELAYS_S: Final = (0.05, 0.15, 0.5)
-"""Backoff before each retry of a failed storage read (the original: 3 retries, 50 ms -> 500 ms)."""
-_JITTER: Final = 0.1
 
 
 @dataclass(frozen=True)
@@ -102,10 +99,11 @@ class TrafficCounters:
 class CountingDevice:
     """The base device, counting what the overlay reads from it and retrying failed storage reads.
 
-    Only ``StorageError`` is retried (a backend that may answer next time); a header or
-    mapping error would fail the same way again. Retries block the FUSE loop, which is
-    what the guest waits on anyway. Once a read has failed for good, later reads are not
-    retried: the guest is lost already, and failing fast lets its owner see it at once.
+    The policy is ``ember.build.retry``'s: only ``StorageError`` is retried (a backend that
+    may answer next time); a header or mapping error would fail the same way again.
+    Retries block the FUSE loop, which is what the guest waits on anyway. Once a read has
+    failed for good, later reads are not retried: the guest is lost already, and failing
+    fast lets its owner see it at once.
     """
 
     def __init__(
@@ -123,17 +121,16 @@ class CountingDevice:
         return self._base.size
 
     def readinto(self, buffer: bytearray | memoryview, offset: int) -> int:
-        for delay_s in self._retry_delays_s if self._counters.failure is None else ():
-            try:
-                count = self._base.readinto(buffer, offset)
-                break
-            except StorageError as exc:
-                _log.warning("memory read at %d failed, retrying in %.0f ms: %s", offset, delay_s * 1e3, exc)
-                with self._counters.lock:
-                    self._counters.base_read_retries += 1
-                time.sleep(delay_s * (1 + random.uniform(0, _JITTER)))
-        else:
-            count = self._base.readinto(buffer, offset)
+        def retrying(exc: StorageError, delay_s: float) -> None:
+            _log.warning("memory read at %d failed, retrying in %.0f ms: %s", offset, delay_s * 1e3, exc)
+            with self._counters.lock:
+                self._counters.base_read_retries += 1
+
+        count = read_with_retries(
+            lambda: self._base.readinto(buffer, offset),
+            delays_s=self._retry_delays_s if self._counters.failure is None else (),
+            on_retry=retrying,
+        )
         with self._counters.lock:
             self._counters.base_reads += 1
             self._counters.base_read_bytes += count

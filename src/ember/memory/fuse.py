@@ -47,10 +47,13 @@ Mount choices (libfuse 3.14, kernel 6.x):
 
 Rules for callers, which the FUSE design imposes:
 
-* never touch a mapping of ``path`` from the process serving it while holding the GIL
-  (a Python thread faulting on it waits for a FUSE thread that waits for the GIL): map
-  it in a child process, as QEMU does. ``os.pread``/``os.fsync`` on it are fine: they
-  release the GIL;
+* never make a request on ``path`` from the process serving it, not even a read: the
+  kernel waits for a sent FUSE request uninterruptibly, so if this process were killed
+  while one of its threads waited, it could never exit, and its FUSE connection (which
+  its exit would abort) would hold every other client too (a QEMU stuck in
+  ``fuse_flush``). Other processes are safe: when this one dies, the connection closes
+  and their requests fail at once. So ``sync`` runs a child process, the prefetcher
+  reads through one, and the mount is found in the mount table, never by a lookup;
 * stop the VM (or at least pause it and call ``sync``) before exporting, so every dirty
   page has reached the overlay;
 * ``close`` unmounts, waits for the serving thread and deletes the cache file; a mount
@@ -93,6 +96,7 @@ _log = logging.getLogger(__name__)
 MEMORY_FILE_NAME: Final = "memfile"
 MOUNT_TIMEOUT_S: Final = 10.0
 UNMOUNT_TIMEOUT_S: Final = 10.0
+SYNC_TIMEOUT_S: Final = 120.0
 READAHEAD_BYTES: Final = HUGEPAGE_SIZE
 FUSECTL_DIR: Final = Path("/sys/fs/fuse/connections")
 
@@ -130,7 +134,7 @@ def _raise_readahead(device: int) -> None:
         _log.debug("cannot raise the memory file's readahead (%s): %s", setting, exc)
 
 
-def _abort_connection(device: int) -> str | None:
+def abort_fuse_connection(device: int) -> str | None:
     """Abort the FUSE connection of ``device`` (fusectl); None on success, else why not.
 
     The last resort of ``close``: every request still waiting, and every later one, fails
@@ -164,11 +168,33 @@ def _require_fuse() -> None:
         raise LazyMemoryError("/dev/fuse is missing or not accessible: run as root on a kernel with FUSE")
 
 
+def _mount_fields(path: Path) -> list[bytes] | None:
+    """The ``/proc/self/mountinfo`` fields of the mount at ``path``, or None.
+
+    ``path`` is made absolute without resolving it: resolving would look the mount point up,
+    which asks the FUSE server, and the serving process must never wait on itself.
+    """
+    target = os.fsencode(os.path.abspath(path)).replace(b" ", b"\\040")
+    with open("/proc/self/mountinfo", "rb") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) > 4 and fields[4] == target:
+                return fields
+    return None
+
+
 def is_mounted(path: Path) -> bool:
-    """Whether ``path`` is a mount point listed in /proc/mounts."""
-    target = os.fsencode(path.resolve()).replace(b" ", b"\\040")
-    with open("/proc/mounts", "rb") as mounts:
-        return any(len(fields) > 1 and fields[1] == target for fields in (line.split() for line in mounts))
+    """Whether ``path`` is a mount point of this process's mount namespace."""
+    return _mount_fields(path) is not None
+
+
+def mount_device(path: Path) -> int | None:
+    """The device number (``major:minor``) of the mount at ``path``, or None."""
+    fields = _mount_fields(path)
+    if fields is None:
+        return None
+    major, _, minor = fields[2].partition(b":")
+    return os.makedev(int(major), int(minor))
 
 
 class LazyMemory:
@@ -258,11 +284,11 @@ class LazyMemory:
                 )
 
     def _stat_device(self) -> int:
-        """The mount's device number; answering the stat also proves FUSE INIT is done."""
-        try:
-            return os.stat(self.path).st_dev
-        except OSError as exc:
-            raise LazyMemoryError(f"the mounted memory file {self.path} cannot be looked up: {exc}") from exc
+        """The mount's device number, from the mount table: no FUSE request from this process."""
+        device = mount_device(self.mount_dir)
+        if device is None:
+            raise LazyMemoryError(f"the memory file system at {self.mount_dir} is not in the mount table")
+        return device
 
     def __enter__(self) -> LazyMemory:
         return self
@@ -308,18 +334,30 @@ class LazyMemory:
         """Have the kernel write every dirty page of the file back into the overlay.
 
         Needed only while some process still maps the file (a paused VM): unmapping
-        (QEMU exiting) writes dirty pages back by itself.
+        (QEMU exiting) writes dirty pages back by itself. The fsync runs in a child process
+        (coreutils ``sync FILE``): a thread of this process waiting on its own FUSE server
+        could never finish if the process were killed mid-way (the kernel waits for the
+        reply uninterruptibly, and the server is gone), leaving it unkillable; a child's
+        wait ends as soon as this process's FUSE connection closes. A page the overlay could
+        not store (a full disk) fails the sync, and the message says why.
         """
         if self._closed:
             raise UsageError(f"the memory file at {self.mount_dir} is closed: sync before close")
         try:
-            fd = os.open(self.path, os.O_RDWR)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise LazyMemoryError(f"cannot write back the dirty pages of {self.path}: {exc}") from exc
+            done = subprocess.run(
+                ["sync", "--", str(self.path)],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=SYNC_TIMEOUT_S,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise LazyMemoryError(f"cannot write the memory file's dirty pages back: {exc}") from exc
+        if done.returncode != 0:
+            raise LazyMemoryError(
+                f"cannot write the memory file's dirty pages back: {done.stderr.strip() or done.returncode}"
+            )
+        self.raise_if_failed()
 
     def close(self, timeout_s: float = UNMOUNT_TIMEOUT_S) -> None:
         """Unmount, wait for the FUSE thread, remove the mount point and the overlay's cache.
@@ -346,7 +384,7 @@ class LazyMemory:
                 )
         self._thread.join(timeout_s)
         if self._thread.is_alive() and self._device is not None:
-            aborted = _abort_connection(self._device)
+            aborted = abort_fuse_connection(self._device)
             problems.append("its FUSE connection was aborted" if aborted is None else aborted)
             self._thread.join(timeout_s)
         if not self._thread.is_alive():

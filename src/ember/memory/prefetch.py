@@ -7,8 +7,10 @@ request to cover a page fixes its place in the order (a counter) and its access 
     kind    uint8[pages]   b"r" read (the guest or the kernel's readahead for it),
                            b"w" written back before ever being read, b"p" loaded by the prefetcher
 
-About 9 bytes per page of guest RAM (1.1 MiB for 512 MiB of 4 KiB pages), updated with one
-numpy slice per request, so recording is always on.
+Both arrays exist only for the chunks of ``CHUNK_PAGES`` pages that some request touched
+(9 bytes per page: 36 KiB per chunk), so memory follows what the guest used, not what the
+header says the device holds (up to 16 TiB). A request is one numpy slice per chunk it
+covers (one or two), so recording is always on.
 
 Merging runs (``resume-build -optimize``): a page is kept only if every run touched it; its
 order is the average of its positions in the runs, and an access type the runs disagree on
@@ -65,19 +67,32 @@ class PageAccesses:
         return len(self.indices)
 
 
+CHUNK_PAGES: Final = 1 << 12
+"""Pages per recording chunk: 16 MiB of device at 4 KiB pages, 8 GiB at 2 MiB hugepages."""
+_CHUNK_SHIFT: Final = CHUNK_PAGES.bit_length() - 1
+
+
 class AccessRecorder:
-    """First access of every page of a device; thread-safe (one lock, held for one slice update)."""
+    """First access of every page of a device; thread-safe (one lock, held for one request's update)."""
 
     def __init__(self, size_bytes: int, block_size: int) -> None:
         if block_size <= 0:
             raise UsageError(f"block size {block_size} must be positive")
         self.block_size = block_size
-        pages = -(-size_bytes // block_size)
-        self._order = np.full(pages, -1, dtype=np.int64)
-        self._kinds = np.zeros(pages, dtype=np.uint8)
+        self._pages = -(-size_bytes // block_size)
+        self._chunks: dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]] = {}
         self._next = 0
         self._reread = 0
         self._lock = threading.Lock()
+
+    def _chunk(self, index: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
+        chunk = self._chunks.get(index)
+        if chunk is None:
+            chunk = self._chunks[index] = (
+                np.full(CHUNK_PAGES, -1, dtype=np.int64),
+                np.zeros(CHUNK_PAGES, dtype=np.uint8),
+            )
+        return chunk
 
     def record(self, offset: int, length: int, kind: AccessKind) -> None:
         """Mark the pages of ``[offset, offset + length)``; pages seen before keep their first access.
@@ -85,19 +100,25 @@ class AccessRecorder:
         A read of a page already read once counts as a re-read: with the mount's page cache
         kept, that happens only when the kernel dropped the page again.
         """
-        if length <= 0:
+        if length <= 0 or offset < 0:
             return
         first = offset // self.block_size
-        end = min(-(-(offset + length) // self.block_size), len(self._order))
+        end = min(-(-(offset + length) // self.block_size), self._pages)
+        if first >= end:
+            return
         with self._lock:
-            window = self._order[first:end]
-            if kind is not AccessKind.WRITE:
-                read_before = (window >= 0) & (self._kinds[first:end] != AccessKind.WRITE.code)
-                self._reread += int(np.count_nonzero(read_before))
-            fresh = np.flatnonzero(window < 0)
-            window[fresh] = np.arange(self._next, self._next + len(fresh), dtype=np.int64)
-            self._kinds[first + fresh] = kind.code
-            self._next += len(fresh)
+            for index in range(first >> _CHUNK_SHIFT, ((end - 1) >> _CHUNK_SHIFT) + 1):
+                base = index << _CHUNK_SHIFT
+                order, kinds = self._chunk(index)
+                low, high = max(first - base, 0), min(end - base, CHUNK_PAGES)
+                window = order[low:high]
+                if kind is not AccessKind.WRITE:
+                    read_before = (window >= 0) & (kinds[low:high] != AccessKind.WRITE.code)
+                    self._reread += int(np.count_nonzero(read_before))
+                fresh = np.flatnonzero(window < 0)
+                window[fresh] = np.arange(self._next, self._next + len(fresh), dtype=np.int64)
+                kinds[low + fresh] = kind.code
+                self._next += len(fresh)
 
     @property
     def pages_reread(self) -> int:
@@ -108,14 +129,23 @@ class AccessRecorder:
     def count(self, kind: AccessKind) -> int:
         """Pages first reached with ``kind``."""
         with self._lock:
-            return int(np.count_nonzero(self._kinds == kind.code))
+            return sum(int(np.count_nonzero(kinds == kind.code)) for _, kinds in self._chunks.values())
 
     def snapshot(self) -> PageAccesses:
         """The pages touched so far, in first-access order."""
         with self._lock:
-            touched = np.flatnonzero(self._order >= 0)
-            ranked = touched[np.argsort(self._order[touched], kind="stable")]
-            return PageAccesses(self.block_size, ranked.astype(np.int64), self._kinds[ranked].copy())
+            pages: list[npt.NDArray[np.int64]] = [np.zeros(0, dtype=np.int64)]
+            orders: list[npt.NDArray[np.int64]] = [np.zeros(0, dtype=np.int64)]
+            kinds: list[npt.NDArray[np.uint8]] = [np.zeros(0, dtype=np.uint8)]
+            for index, (order, kind) in sorted(self._chunks.items()):
+                touched = np.flatnonzero(order >= 0)
+                pages.append(touched.astype(np.int64) + (index << _CHUNK_SHIFT))
+                orders.append(order[touched])
+                kinds.append(kind[touched])
+        ranked = np.argsort(np.concatenate(orders), kind="stable")
+        return PageAccesses(
+            self.block_size, np.concatenate(pages)[ranked], np.concatenate(kinds)[ranked].copy()
+        )
 
 
 def merge_runs(runs: Sequence[PageAccesses]) -> MemoryPrefetch:

@@ -114,11 +114,19 @@ def transmission_flags(read_only: bool) -> TransmissionFlag:
 class NbdServer:
     """One export served to any number of clients; ``start`` listens, ``close`` ends every connection."""
 
-    def __init__(self, disk: Disk, *, export_name: str = "", description: str = "", read_only: bool = False):
+    def __init__(
+        self,
+        disk: Disk,
+        *,
+        export_name: str = "",
+        description: str = "",
+        read_only: bool = False,
+        disk_threads: int = DISK_THREADS,
+    ):
         self._disk = disk
         self._read_only = read_only
         self._export = Export(export_name, description, disk.size, transmission_flags(read_only))
-        self._executor = ThreadPoolExecutor(DISK_THREADS, thread_name_prefix="nbd-disk")
+        self._executor = ThreadPoolExecutor(max(1, disk_threads), thread_name_prefix="nbd-disk")
         self._listeners: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -398,8 +406,10 @@ class _Connection:
 
 
 def _errno_of(exc: BaseException) -> Errno:
-    if isinstance(exc, OSError) and exc.errno in _ENOSPC_ERRNOS:
-        return Errno.ENOSPC
+    """ENOSPC when the disk ran out of room (also behind an ember error wrapping the OSError)."""
+    for cause in (exc, exc.__cause__):
+        if isinstance(cause, OSError) and cause.errno in _ENOSPC_ERRNOS:
+            return Errno.ENOSPC
     return Errno.EIO
 
 

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ember.errors import UsageError
-from ember.nbd.server import Disk, NbdServer
+from ember.nbd.server import DISK_THREADS, Disk, NbdServer
 
 _STOP_TIMEOUT_S = 30.0
 _T = TypeVar("_T")
@@ -43,6 +43,7 @@ class NbdServerThread:
         export_name: str = "",
         description: str = "",
         read_only: bool = False,
+        disk_threads: int = DISK_THREADS,
     ) -> None:
         if unix_path is None and tcp is None:
             raise UsageError("NbdServerThread needs a unix_path, a tcp address, or both")
@@ -52,6 +53,7 @@ class NbdServerThread:
         self._export_name = export_name
         self._description = description
         self._read_only = read_only
+        self._disk_threads = disk_threads
         self._state = ServerState.NEW
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -146,6 +148,7 @@ class NbdServerThread:
             export_name=self._export_name,
             description=self._description,
             read_only=self._read_only,
+            disk_threads=self._disk_threads,
         )
         await server.start(self._unix_path, self._tcp)
         return server

@@ -1,4 +1,4 @@
-"""Sandbox networking as the original's v1 datapath: one namespace, veth pair, tap and NAT per slot."""
+"""Sandbox networking as the original's v1 datapath: per slot a namespace, veth pair, tap, NAT, firewall."""
 
 from ember.network.addressing import (
     DEFAULT_HOST_CIDR,
@@ -11,11 +11,12 @@ from ember.network.addressing import (
     SlotConfig,
     netns_exec_argv,
 )
+from ember.network.egress import EgressPolicy
 from ember.network.errors import NetworkError, SlotBusy
 from ember.network.ownership import reclaim_orphans
 from ember.network.pool import SlotPool
 from ember.network.reclaim import Reclaimed, reclaim_leftovers
-from ember.network.slot import create_slot, remove_slot
+from ember.network.slot import create_slot, remove_slot, update_egress
 
 __all__ = [
     "DEFAULT_HOST_CIDR",
@@ -24,6 +25,7 @@ __all__ = [
     "GUEST_MAC",
     "TAP_IP",
     "TAP_MAC",
+    "EgressPolicy",
     "NetworkError",
     "Reclaimed",
     "Slot",
@@ -35,4 +37,5 @@ __all__ = [
     "reclaim_leftovers",
     "reclaim_orphans",
     "remove_slot",
+    "update_egress",
 ]

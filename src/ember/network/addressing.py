@@ -50,6 +50,8 @@ class Slot:
 
     ``tap_mac`` is the namespace side of the tap; ``guest_mac`` is the MAC the VMM gives
     the guest's NIC (the original's ``02:FC:00:00:00:05``). Both are the same in every slot.
+    ``sandbox_cidrs`` are the two CIDRs every slot's addresses come from (VRT, host): its
+    egress firewall keeps the guest off them, so it can reach no veth and no other sandbox.
     """
 
     idx: int
@@ -59,6 +61,7 @@ class Slot:
     veth_ip: IPv4Address
     vpeer_ip: IPv4Address
     host_ip: IPv4Address
+    sandbox_cidrs: tuple[IPv4Network, IPv4Network]
     tap: str = TAP_NAME
     tap_ip: IPv4Address = TAP_IP
     tap_prefix_len: int = TAP_PREFIX_LEN
@@ -129,6 +132,7 @@ class SlotConfig:
             veth_ip=base + 2 * idx,
             vpeer_ip=base + 2 * idx + 1,
             host_ip=self.host_cidr.network_address + idx,
+            sandbox_cidrs=(self.vrt_cidr, self.host_cidr),
         )
 
 

@@ -1,10 +1,11 @@
-"""A slot's iptables rules: NAT inside its namespace, forwarding and masquerade on the host.
+"""A slot's iptables rules: NAT and the egress firewall in its namespace, guard and NAT on the host.
 
-Every rule carries ``-m comment --comment ember-slot-<idx>``, which is how teardown and the
+Every host rule carries ``-m comment --comment ember-slot-<idx>``, which is how teardown and the
 startup reclaim find ember's rules and never touch anyone else's. Rules are loaded with
 ``iptables-restore --noflush``: all rules of one call land in one transaction, or none do.
 
-Inside ``ns-<idx>`` (gone with the namespace)::
+Inside ``ns-<idx>`` (gone with the namespace), one transaction with the filter rules of
+``ember.network.firewall`` (the egress policy)::
 
     *nat
     -A POSTROUTING -o eth0 -s 169.254.0.21/32 -m comment --comment ember-slot-<idx>
@@ -12,7 +13,8 @@ Inside ``ns-<idx>`` (gone with the namespace)::
     -A PREROUTING -i eth0 -d <host_ip>/32 -m comment --comment ember-slot-<idx>
         -j DNAT --to-destination 169.254.0.21
 
-On the host, only when it has a default route (``<gw>`` is that route's link)::
+On the host, one transaction: always the guest-to-host guard (``firewall.host_guard_rules``,
+filter INPUT), and, only when the host has a default route (``<gw>`` is that route's link)::
 
     *filter
     -A FORWARD -i veth-<idx> -o <gw> -m comment --comment ember-slot-<idx> -j ACCEPT
@@ -33,7 +35,9 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ember.network import firewall
 from ember.network.addressing import RULE_TAG_PREFIX, Slot, netns_exec_argv
+from ember.network.egress import EgressPolicy
 from ember.network.errors import NetworkError
 
 HOST_TABLES = ("filter", "nat")
@@ -96,15 +100,26 @@ def host_rules(slot: Slot, gateway_interface: str) -> dict[str, list[str]]:
     }
 
 
-def install_namespace_rules(slot: Slot) -> None:
-    """Turn on forwarding in the namespace and load its NAT rules in one transaction."""
+def install_namespace_rules(slot: Slot, egress: EgressPolicy) -> None:
+    """Turn on forwarding in the namespace and load its NAT rules and egress firewall in one transaction."""
     _run(netns_exec_argv(slot, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]))
-    restore = netns_exec_argv(slot, ["iptables-restore", "-w", "--noflush"])
-    _run(restore, _restore_script(namespace_rules(slot)))
+    rules = {**namespace_rules(slot), "filter": firewall.namespace_filter_rules(slot, egress)}
+    _run(netns_exec_argv(slot, ["iptables-restore", "-w", "--noflush"]), _restore_script(rules))
 
 
-def install_host_rules(slot: Slot, gateway_interface: str) -> None:
-    _run(["iptables-restore", "-w", "--noflush"], _restore_script(host_rules(slot, gateway_interface)))
+def replace_egress_rules(slot: Slot, egress: EgressPolicy) -> None:
+    """Swap the namespace's egress chain for ``egress``'s in one transaction."""
+    script = _restore_script({"filter": firewall.egress_swap_rules(slot, egress)})
+    _run(netns_exec_argv(slot, ["iptables-restore", "-w", "--noflush"]), script)
+
+
+def install_host_rules(slot: Slot, gateway_interface: str | None) -> None:
+    """The guest-to-host guard, and forwarding and masquerade through ``gateway_interface`` if any."""
+    rules = {"filter": firewall.host_guard_rules(slot)}
+    if gateway_interface is not None:
+        outward = host_rules(slot, gateway_interface)
+        rules = {"filter": rules["filter"] + outward["filter"], "nat": outward["nat"]}
+    _run(["iptables-restore", "-w", "--noflush"], _restore_script(rules))
 
 
 def parse_tagged_rules(table: str, save_output: str) -> list[TaggedRule]:

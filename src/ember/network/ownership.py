@@ -5,12 +5,20 @@ would tear down the slots of another ember command running at the same time. Own
 make a narrower reclaim possible: each acquired slot gets ``/run/ember/slots/<idx>`` naming
 the owning process (pid and start time, so a reused pid is not mistaken for the owner);
 a slot whose owner is gone is an orphan and is removed, whatever else is running.
+
+An owner file is written to a temporary sibling (``.<idx>.<pid>.tmp``) and renamed into
+place, so a reclaim never reads half of one. A file it cannot read or parse anyway (written
+by an older ember in place, a full disk) names no owner: the slot is kept while the file is
+younger than ``UNREADABLE_GRACE_S`` (its writer may be finishing it) and treated as
+orphaned after that, since nothing will ever complete it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import time
 from pathlib import Path
 
 from ember.network.addressing import SlotConfig
@@ -20,6 +28,7 @@ from ember.network.slot import remove_slot
 _log = logging.getLogger(__name__)
 
 OWNERS_DIR = Path("/run/ember/slots")
+UNREADABLE_GRACE_S = 10.0
 
 
 def _start_time(pid: int) -> str | None:
@@ -32,21 +41,36 @@ def _start_time(pid: int) -> str | None:
 
 
 def claim(idx: int, owners_dir: Path = OWNERS_DIR) -> None:
-    """Record this process as the owner of slot ``idx``."""
+    """Record this process as the owner of slot ``idx``, atomically (see the module docstring)."""
     owners_dir.mkdir(parents=True, exist_ok=True)
-    (owners_dir / str(idx)).write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+    pid = os.getpid()
+    temporary = owners_dir / f".{idx}.{pid}.tmp"
+    try:
+        temporary.write_text(f"{pid} {_start_time(pid)}\n")
+        os.replace(temporary, owners_dir / str(idx))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
 
 
 def disclaim(idx: int, owners_dir: Path = OWNERS_DIR) -> None:
     (owners_dir / str(idx)).unlink(missing_ok=True)
 
 
-def _owner_alive(record: str) -> bool:
+def _owner_alive(entry: Path) -> bool:
+    """Whether the owner file names a live process; an unreadable one counts as alive while young."""
     try:
-        pid_text, started = record.split()
+        pid_text, started = entry.read_text().split()
         return _start_time(int(pid_text)) == started
-    except ValueError:
-        return False
+    except FileNotFoundError:
+        return True  # released meanwhile: nothing to reclaim
+    except (OSError, ValueError, UnicodeDecodeError):
+        try:
+            age_s = time.time() - entry.stat().st_mtime
+        except OSError:
+            return True
+        return age_s < UNREADABLE_GRACE_S
 
 
 def reclaim_orphans(config: SlotConfig | None = None, owners_dir: Path = OWNERS_DIR) -> list[int]:
@@ -56,7 +80,7 @@ def reclaim_orphans(config: SlotConfig | None = None, owners_dir: Path = OWNERS_
     settings = config or SlotConfig.from_env()
     reclaimed = []
     for entry in sorted(owners_dir.iterdir()):
-        if not entry.name.isdigit() or _owner_alive(entry.read_text()):
+        if not entry.name.isdigit() or _owner_alive(entry):
             continue
         idx = int(entry.name)
         try:

@@ -1,14 +1,19 @@
 """Create and remove one sandbox network slot, all or nothing.
 
 ``create_slot`` either returns a slot whose every object exists (namespace, veth pair, tap,
-addresses, routes, NAT and forwarding rules) or raises having removed what it made; it
-never removes an object it did not make, so a busy slot stays intact. ``remove_slot``
-removes whatever of a slot is left and is a no-op the second time.
+addresses, routes, NAT, egress firewall, guest-to-host guard and forwarding rules) or raises
+having removed what it made; it never removes an object it did not make, so a busy slot stays
+intact. ``remove_slot`` removes whatever of a slot is left and is a no-op the second time.
+``update_egress`` swaps a live slot's egress policy (``ember.network.egress``).
 
 Setup order (each step's undo is registered as soon as the step succeeded)::
 
     ns-<idx>  ->  veth-<idx> / eth0 in ns  ->  eth0, tap0, lo, default route (in ns)
-              ->  ip_forward + NAT rules (in ns)  ->  host route  ->  host rules (if gateway)
+              ->  ip_forward + NAT + egress rules (in ns)  ->  host route
+              ->  host rules: guard, and forwarding + masquerade if there is a default route
+
+The guest-to-host guard is a host rule installed with or without a default route: a host with
+no way out still has services a guest must not reach.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from contextlib import ExitStack
 from ember.errors import UsageError
 from ember.network import links, nat
 from ember.network.addressing import Slot, SlotConfig
+from ember.network.egress import DEFAULT_EGRESS, EgressPolicy
 
 
 def require_root(action: str) -> None:
@@ -34,8 +40,8 @@ def _remove_host_rules(slot: Slot) -> None:
     nat.delete_rules([rule for rule in nat.host_tagged_rules() if rule.idx == slot.idx])
 
 
-def create_slot(idx: int, config: SlotConfig | None = None) -> Slot:
-    """Set up slot ``idx`` (addresses from ``config``, default: the environment's CIDRs).
+def create_slot(idx: int, config: SlotConfig | None = None, egress: EgressPolicy = DEFAULT_EGRESS) -> Slot:
+    """Set up slot ``idx`` (addresses from ``config``, default: the environment's CIDRs) with ``egress``.
 
     Raises SlotBusy when ``ns-<idx>`` or ``veth-<idx>`` already exists, NetworkError when a
     step fails, UsageError when not root or ``idx`` is out of range.
@@ -48,14 +54,23 @@ def create_slot(idx: int, config: SlotConfig | None = None) -> Slot:
         links.create_veth(slot)
         undo.callback(links.remove_link, slot.veth)
         links.configure_namespace(slot)
-        nat.install_namespace_rules(slot)
+        nat.install_namespace_rules(slot, egress)
         links.add_host_route(slot)
         gateway = links.default_gateway_interface()
-        if gateway is not None:
-            undo.callback(_remove_host_rules, slot)
-            nat.install_host_rules(slot, gateway)
+        undo.callback(_remove_host_rules, slot)
+        nat.install_host_rules(slot, gateway)
         undo.pop_all()
     return slot
+
+
+def update_egress(slot: Slot, policy: EgressPolicy) -> None:
+    """Replace the live slot's egress policy in one transaction; connections it now denies are cut.
+
+    NetworkError when the namespace is gone or iptables refuses the rules (the old policy
+    then stays in force).
+    """
+    require_root("changing a sandbox's egress policy")
+    nat.replace_egress_rules(slot, policy)
 
 
 def remove_slot(slot: Slot) -> None:

@@ -1,27 +1,24 @@
-"""create-build: boot a template, run its start command, wait until ready, snapshot it into a build.
+"""create-build: boot a template, run its start command, wait until ready, pause it into a build.
 
-The phases, each timed and reported through ``progress``::
+The phases, each timed and reported as a ``phase`` event::
 
-    kernel    provision the guest kernel and initramfs (cached outside the repo)
+    claim     the target build is claimed first: an existing build is refused before any work
     rootfs    the base the sandbox's disk reads: the template image, stored once as an image
               layer build (reused by every later create-build of the same image), or the
-              rootfs of -from-build
-    boot      network slot, NBD-served copy-on-write disk, guest RAM in a file, VMM cold boot
-    envd      wait for the guest agent, /init
+              rootfs of ``from_build``
+    boot      a cold boot of that disk (``Sandbox.boot``): slot, NBD disk, RAM file, VMM, envd
     start     the start command (left running), then the ready command until it succeeds
-    snapshot  sync the guest's disk, pause, save device state (the snapfile)
-    export    memfile = non-zero RAM pages over an empty device; rootfs = the overlay's diff
-    upload    data objects and headers, then metadata.json last
+    pause     ``Sandbox.pause``: memfile = non-zero RAM pages over an empty device, rootfs =
+              the overlay's diff, metadata.json last
 
-Whatever happens, the VM, the NBD server, the network slot and the scratch files are gone
-when ``create_build`` returns or raises, and no build is visible unless it is complete.
+Whatever happens, the sandbox is gone when ``create_build`` returns or raises, and no build
+is visible unless it is complete.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import tempfile
 import threading
 import time
 import uuid
@@ -29,34 +26,33 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ember.block import export_diff
-from ember.build import BuildArtifacts, BuildFile, Start, TemplateInfo, TemplateMetadata, upload_build
+from ember.build import BuildFile, Start, TemplateInfo, TemplateMetadata
 from ember.envd.client import EnvdClient
 from ember.envd.records import ProcessResult
-from ember.environment import Environment
-from ember.errors import BuildError, EmberError, UsageError
-from ember.guest import build_initramfs, cache_dir, provision_kernel
+from ember.errors import BuildError, EmberError, GuestError, UsageError
+from ember.guest import cache_dir, open_kernel, provision_kernel
 from ember.header import HUGEPAGE_SIZE, PAGE_SIZE, Header
-from ember.memory import export_memory
-from ember.memory.hugepages import hugetlbfs, require_hugepages
-from ember.sandbox.guest_agent import GuestAgent
-from ember.sandbox.rootfs import ServedRootfs, store_image_build
+from ember.memory.hugepages import require_hugepages
+from ember.sandbox.cleanup import create_workspace, remove_workspace
+from ember.sandbox.node import Node
+from ember.sandbox.records import SandboxEvent
+from ember.sandbox.rootfs import store_image_build
+from ember.sandbox.sandbox import BootOptions, Sandbox
 from ember.sandbox.template import template_image
-from ember.storage import MEMFILE, ROOTFS, SNAPFILE, BuildPaths, Storage, open_storage
-from ember.vmm.kernel_args import kernel_args
-from ember.vmm.qemu import DriveConfig, MachineConfig, MemoryFileConfig, QemuVm, qemu_version
+from ember.storage import ROOTFS, BuildPaths, Storage
 
 READY_POLL_INTERVAL_S = 0.5
 ENVD_BOOT_TIMEOUT_S = 120.0
 IMAGE_LAYER_NAMESPACE = uuid.UUID("6f1b8d4e-6a0c-4d55-9d3e-3a7c2f0e9b11")
+CREATOR = "create"
 
 
 @dataclass(frozen=True)
 class CreateOptions:
+    """What to build: the disk's source, the machine, and the commands a template runs."""
+
     to_build: uuid.UUID
-    storage: str
     from_build: uuid.UUID | None = None
-    template: str = "local-template"
     image: Path | None = None
     kernel: str | None = None
     vcpu: int = 2
@@ -66,7 +62,6 @@ class CreateOptions:
     start_cmd: str = ""
     ready_cmd: str = ""
     timeout_s: float = 300.0
-    sandbox_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -74,167 +69,159 @@ class CreateReport:
     build_id: uuid.UUID
     kernel_version: str
     vmm_version: str
-    memfile_header: Header
+    memfile_header: Header | None
     rootfs_header: Header
     phases_s: dict[str, float] = field(default_factory=dict)
 
 
-Progress = Callable[[str], None]
-
-
-def _phase(
-    report: dict[str, float], name: str, progress: Progress
-) -> contextlib.AbstractContextManager[None]:
-    @contextlib.contextmanager
-    def timed() -> Iterator[None]:
-        started = time.monotonic()
-        yield
-        report[name] = time.monotonic() - started
-        progress(f"  {name}: {report[name]:.2f} s")
-
-    return timed()
-
-
-def _check_options(options: CreateOptions) -> None:
+def check_options(options: CreateOptions) -> None:
+    """Refuse a machine that cannot be built, before anything is claimed or booted."""
     if options.vcpu < 1 or options.memory_mb < 64 or options.disk_mb < 64:
-        raise UsageError("-vcpu must be >= 1, -memory and -disk >= 64 (MB)")
+        raise UsageError("vcpu must be >= 1, memory and disk >= 64 (MB)")
+    if options.timeout_s <= 0:
+        raise UsageError(f"the ready timeout must be positive, not {options.timeout_s:g} s")
     block = HUGEPAGE_SIZE if options.hugepages else PAGE_SIZE
     if (options.memory_mb << 20) % block:
-        raise UsageError(f"-memory {options.memory_mb} is not a whole number of {block >> 10} KiB pages")
+        raise UsageError(f"memory {options.memory_mb} MB is not a whole number of {block >> 10} KiB pages")
 
 
-def _image_layer(
-    storage: Storage, image: Path, env: Environment, scratch: Path, progress: Progress
-) -> tuple[uuid.UUID, Header]:
-    """The image stored as a first-layer build, named by its content so it is stored once."""
-    digest = hashlib.sha256()
-    with image.open("rb") as source:
-        for chunk in iter(lambda: source.read(8 << 20), b""):
-            digest.update(chunk)
-    layer = uuid.uuid5(IMAGE_LAYER_NAMESPACE, digest.hexdigest())
-    paths = BuildPaths(layer)
-    if storage.exists(paths.metadata):
-        progress(f"✓ Image layer {layer} exists")
-        return layer, BuildFile.open(storage, layer, ROOTFS).header
-    progress(f"⬆ Storing image layer {layer}")
-    metadata = TemplateMetadata(version=2, template=TemplateInfo(build_id=str(layer)), from_image=str(image))
-    return layer, store_image_build(image, storage, layer, metadata, scratch)
+class _Phases:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        yield
+        self.seconds[name] = time.monotonic() - started
+        self.node.emit(
+            SandboxEvent(
+                CREATOR,
+                "phase",
+                f"{name}: {self.seconds[name]:.2f} s",
+                {"phase": name, "seconds": self.seconds[name]},
+            )
+        )
 
 
-def create_build(options: CreateOptions, progress: Progress = print) -> CreateReport:
-    """Run every phase; raises an EmberError naming the phase that failed."""
-    _check_options(options)
+def create_build(node: Node, options: CreateOptions) -> CreateReport:
+    """Run every phase; raises an ember error naming what failed."""
+    check_options(options)
     if options.hugepages:
         require_hugepages(options.memory_mb << 20)
-    env = Environment.resolve(options.storage)
-    storage = open_storage(options.storage)
-    paths = BuildPaths(options.to_build)
-    if storage.exists(paths.metadata):
-        raise UsageError(f"build {options.to_build} already exists in {storage.url}: pick a new -to-build")
-    phases: dict[str, float] = {}
-    block_size = HUGEPAGE_SIZE if options.hugepages else PAGE_SIZE
-    progress(f"✓ Storage: {storage.url} ({'local' if env.local_mode else 'remote'})")
-    progress(f"Building with page size: {'2MB (hugepages)' if options.hugepages else '4KB (standard)'}")
+    phases = _Phases(node)
+    if options.kernel is not None:
+        _require_kernel(node, options.kernel)
+    with phases.phase("claim"):
+        node.claim(options.to_build, "create-build")
+    try:
+        return _build(node, options, phases)
+    except BaseException:
+        node.release_claim(options.to_build)
+        raise
 
-    with _phase(phases, "kernel", progress):
-        kernel = provision_kernel(env.host_kernels_dir, env.target_arch)
-        if options.kernel and options.kernel != kernel.version:
-            raise UsageError(
-                f"kernel {options.kernel} is not available: this host provisions {kernel.version} "
-                "from Debian's cloud kernel package; omit -kernel or pass that version"
-            )
-        initramfs = build_initramfs(kernel)
-        progress(f"✓ Kernel {kernel.version} ({kernel.directory})")
 
-    work_root = env.orchestrator_base_path / "sandbox"
-    work_root.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as stack:
-        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="create-", dir=work_root)))
-        with _phase(phases, "rootfs", progress):
-            if options.from_build is not None:
-                progress(f"Building from: {options.from_build}")
-                base = BuildFile.open(storage, options.from_build, ROOTFS)
-            else:
-                image = template_image(options.image, options.disk_mb, env, cache_dir(), scratch, progress)
-                layer, _ = _image_layer(storage, image, env, scratch, progress)
-                base = BuildFile.open(storage, layer, ROOTFS)
-            rootfs = stack.enter_context(
-                ServedRootfs(base, scratch, f"rootfs-{options.to_build}", base.block_size)
-            )
+def _require_kernel(node: Node, version: str) -> None:
+    """A -kernel this host cannot boot is refused before anything is claimed or stored."""
+    try:
+        open_kernel(node.env.host_kernels_dir, version, node.env.target_arch)
+        return
+    except GuestError:
+        provisioned = provision_kernel(node.env.host_kernels_dir, node.env.target_arch).version
+    if provisioned != version:
+        raise UsageError(
+            f"kernel {version} is not available: this host provisions {provisioned} "
+            "from Debian's cloud kernel package; omit -kernel or pass that version"
+        )
 
-        with _phase(phases, "boot", progress):
-            agent = stack.enter_context(GuestAgent.network(progress))
-            memory_dir = scratch
-            if options.hugepages:
-                memory_dir = stack.enter_context(hugetlbfs(scratch, options.memory_mb << 20))
-            memory_path = memory_dir / "memory"
-            config = MachineConfig(
-                kernel_path=kernel.vmlinuz_path,
-                initrd_path=initramfs,
-                cmdline=kernel_args(ip=agent.ip_arg),
-                memory_mib=options.memory_mb,
-                vcpu_count=options.vcpu,
-                drives=(DriveConfig(rootfs.url),),
-                memory_file=MemoryFileConfig(memory_path, shared=True),
-                nics=agent.nics,
-                netns=agent.netns,
-                name=f"create-{options.to_build}",
-            )
-            vm = stack.enter_context(QemuVm(config, scratch / "vm"))
-            vm.boot()
 
-        with _phase(phases, "envd", progress):
-            client = agent.connect(timeout_s=ENVD_BOOT_TIMEOUT_S, vm=vm)
-
-        with _phase(phases, "start", progress):
-            start = _StartCommand(client, options.start_cmd, progress) if options.start_cmd else None
+def _build(node: Node, options: CreateOptions, phases: _Phases) -> CreateReport:
+    with phases.phase("rootfs"):
+        if options.from_build is not None:
+            base = options.from_build
+            BuildFile.open(node.storage, base, ROOTFS)  # a clear error now if it is missing
+        else:
+            base = _image_layer(node, options)
+    metadata = TemplateMetadata(
+        version=2,
+        template=TemplateInfo("", options.kernel or "", ""),
+        start=Start(options.start_cmd, options.ready_cmd) if options.start_cmd or options.ready_cmd else None,
+    )
+    boot = BootOptions(
+        base_rootfs=base,
+        vcpu_count=options.vcpu,
+        memory_mib=options.memory_mb,
+        hugepages=options.hugepages,
+        metadata=metadata,
+        kernel_version=options.kernel,
+        envd_timeout_s=ENVD_BOOT_TIMEOUT_S,
+    )
+    with phases.phase("boot"):
+        sandbox = Sandbox.boot(node, boot)
+    with sandbox:
+        with phases.phase("start"):
+            start = _StartCommand(sandbox.envd, options.start_cmd, node) if options.start_cmd else None
             if options.ready_cmd:
-                _wait_ready(client, options, start, progress)
+                _wait_ready(sandbox.envd, options, start, node)
             elif start is not None:
                 start.check()
+            sandbox.check()
+        with phases.phase("pause"):
+            result = sandbox.pause(options.to_build, claimed=True)
+    template = result.metadata.template
+    return CreateReport(
+        options.to_build,
+        template.kernel_version,
+        template.firecracker_version,
+        result.memfile_header,
+        result.rootfs_header,
+        phases.seconds,
+    )
 
-        with _phase(phases, "snapshot", progress):
-            client.run_program("/bin/sync", timeout_s=60)
-            vm.pause()
-            snapshot = vm.snapshot(scratch / SNAPFILE)
-            vm.stop()
 
-        with _phase(phases, "export", progress):
-            memfile_header = export_memory(
-                snapshot.memory_path, options.memory_mb << 20, block_size, options.to_build, scratch / MEMFILE
+def _image_layer(node: Node, options: CreateOptions) -> uuid.UUID:
+    """The template image stored as a first-layer build, named by its content so it is stored once."""
+    workspace = create_workspace(node.env, "create-image")
+    try:
+        image = template_image(
+            options.image, options.disk_mb, node.env, cache_dir(), workspace.work_dir, _progress(node)
+        )
+        digest = hashlib.sha256()
+        with image.open("rb") as source:
+            for chunk in iter(lambda: source.read(8 << 20), b""):
+                digest.update(chunk)
+        layer = uuid.uuid5(IMAGE_LAYER_NAMESPACE, digest.hexdigest())
+        storage: Storage = node.storage
+        if storage.exists(BuildPaths(layer).metadata):
+            node.emit(
+                SandboxEvent(CREATOR, "image-layer", f"image layer {layer} exists", {"build_id": str(layer)})
             )
-            rootfs_header = export_diff(rootfs.overlay, base.header, options.to_build, scratch / ROOTFS)
+            return layer
+        node.emit(
+            SandboxEvent(CREATOR, "image-layer", f"storing image layer {layer}", {"build_id": str(layer)})
+        )
+        metadata = TemplateMetadata(
+            version=2, template=TemplateInfo(build_id=str(layer)), from_image=str(image)
+        )
+        store_image_build(image, storage, layer, metadata, workspace.work_dir)
+        return layer
+    finally:
+        remove_workspace(workspace)
 
-        with _phase(phases, "upload", progress):
-            vmm_version = qemu_version()
-            metadata = TemplateMetadata(
-                version=2,
-                template=TemplateInfo(str(options.to_build), kernel.version, vmm_version),
-                start=Start(options.start_cmd, options.ready_cmd)
-                if options.start_cmd or options.ready_cmd
-                else None,
-            )
-            upload_build(
-                storage,
-                BuildArtifacts(
-                    build_id=options.to_build,
-                    metadata=metadata,
-                    rootfs_header=rootfs_header,
-                    rootfs_data=scratch / ROOTFS,
-                    memfile_header=memfile_header,
-                    memfile_data=scratch / MEMFILE,
-                    snapfile=snapshot.state_path,
-                ),
-                consume_files=True,
-            )
-    return CreateReport(options.to_build, kernel.version, vmm_version, memfile_header, rootfs_header, phases)
+
+def _progress(node: Node) -> Callable[[str], None]:
+    def say(line: str) -> None:
+        node.emit(SandboxEvent(CREATOR, "progress", line))
+
+    return say
 
 
 class _StartCommand:
     """The template's start command, left running; a watcher notices if it fails before ready."""
 
-    def __init__(self, client: EnvdClient, cmd: str, progress: Progress) -> None:
-        progress(f"▶ Start command: {cmd}")
+    def __init__(self, client: EnvdClient, cmd: str, node: Node) -> None:
+        node.emit(SandboxEvent(CREATOR, "start-command", f"start command: {cmd}"))
         self.cmd = cmd
         self._handle = client.start(cmd, timeout_s=24 * 3600)
         self._result: ProcessResult | None = None
@@ -255,10 +242,8 @@ class _StartCommand:
             )
 
 
-def _wait_ready(
-    client: EnvdClient, options: CreateOptions, start: _StartCommand | None, progress: Progress
-) -> None:
-    progress(f"⏳ Waiting for ready command: {options.ready_cmd}")
+def _wait_ready(client: EnvdClient, options: CreateOptions, start: _StartCommand | None, node: Node) -> None:
+    node.emit(SandboxEvent(CREATOR, "ready-command", f"waiting for ready command: {options.ready_cmd}"))
     deadline = time.monotonic() + options.timeout_s
     attempts = 0
     while True:
@@ -266,7 +251,9 @@ def _wait_ready(
         remaining = max(1.0, deadline - time.monotonic())
         result = client.run(options.ready_cmd, timeout_s=min(30.0, remaining))
         if result.exit_code == 0:
-            progress(f"✓ Ready after {attempts} check(s)")
+            node.emit(
+                SandboxEvent(CREATOR, "ready", f"ready after {attempts} check(s)", {"attempts": attempts})
+            )
             return
         if start is not None:
             start.check()
@@ -275,6 +262,6 @@ def _wait_ready(
             raise BuildError(
                 f"ready command {options.ready_cmd!r} did not succeed within {options.timeout_s / 60:g} min "
                 f"({attempts} checks, last exit code {result.exit_code}: {' / '.join(tail) or 'no output'}); "
-                "fix the command or raise -timeout"
+                "fix the command or raise the timeout"
             )
         time.sleep(READY_POLL_INTERVAL_S)

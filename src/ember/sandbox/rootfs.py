@@ -20,35 +20,100 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from ember.block import BaseDevice, CowCache, Overlay, ZeroDevice, export_rootfs_build
 from ember.build.metadata import TemplateMetadata
-from ember.errors import EmberError, UsageError
+from ember.errors import BuildError, EmberError, UsageError
 from ember.header import ROOTFS_BLOCK_SIZE, Header, empty_device_header
 from ember.nbd import AttachedDevice, NbdServerThread, attach_export
+from ember.nbd.server import DISK_THREADS
 from ember.storage import Storage
 
 _log = logging.getLogger(__name__)
 
 
-class ServedRootfs:
-    """An overlay over ``base`` served on a unix socket in ``work_dir``; a context manager."""
+class WatchedDisk:
+    """The overlay as the NBD server sees it, keeping the first write that failed.
 
-    def __init__(self, base: BaseDevice, work_dir: Path, name: str, block_size: int) -> None:
+    A guest whose disk writes fail (the host's disk is full) sees I/O errors and its ext4
+    aborts its journal; nothing on the host would notice. The sandbox checks ``failure``
+    after a command and before a pause, and reports it as the reason.
+    """
+
+    def __init__(self, overlay: Overlay) -> None:
+        self._overlay = overlay
+        self.failure: str | None = None
+        self.failures = 0
+
+    @property
+    def size(self) -> int:
+        return self._overlay.size
+
+    @property
+    def block_size(self) -> int:
+        return self._overlay.block_size
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return self._overlay.read_at(offset, length)
+
+    def write_at(self, data: bytes, offset: int) -> None:
+        self._watch(lambda: self._overlay.write_at(data, offset), f"writing {len(data)} bytes at {offset}")
+
+    def write_zeroes_at(self, offset: int, length: int) -> None:
+        self._watch(
+            lambda: self._overlay.write_zeroes_at(offset, length), f"zeroing {length} bytes at {offset}"
+        )
+
+    def flush(self) -> None:
+        self._watch(self._overlay.flush, "flushing")
+
+    def _watch(self, write: Callable[[], None], what: str) -> None:
+        try:
+            write()
+        except (EmberError, OSError) as exc:
+            self.failures += 1
+            if self.failure is None:
+                self.failure = f"{what} of the sandbox's disk failed: {exc}"
+                _log.error("%s", self.failure)
+            raise
+
+
+class ServedRootfs:
+    """An overlay over ``base`` served on a unix socket; a context manager.
+
+    ``socket_dir`` holds the socket (default: a private directory under $TMPDIR, removed on
+    close); ``disk_threads`` is how many reads the server runs at once.
+    """
+
+    def __init__(
+        self,
+        base: BaseDevice,
+        work_dir: Path,
+        name: str,
+        block_size: int,
+        *,
+        socket_dir: Path | None = None,
+        disk_threads: int = DISK_THREADS,
+    ) -> None:
         self._stack = contextlib.ExitStack()
         try:
             self.cache = CowCache.create(work_dir, name, base.size, block_size)
             self.overlay = self._stack.enter_context(Overlay(base, self.cache))
-            # unix socket paths are capped at 108 bytes and work_dir may be deep, so the socket
-            # lives in a private directory under $TMPDIR, as the original keeps its sockets.
-            socket_dir = Path(tempfile.mkdtemp(prefix="ember-nbd-"))
-            self._stack.callback(shutil.rmtree, socket_dir, True)
+            self.disk = WatchedDisk(self.overlay)
+            if socket_dir is None:
+                # unix socket paths are capped at 108 bytes and work_dir may be deep, so the socket
+                # lives in a private directory under $TMPDIR, as the original keeps its sockets.
+                socket_dir = Path(tempfile.mkdtemp(prefix="ember-nbd-"))
+                self._stack.callback(shutil.rmtree, socket_dir, True)
             socket_path = socket_dir / f"rootfs-{secrets.token_hex(4)}.sock"
-            self.server = self._stack.enter_context(NbdServerThread(self.overlay, unix_path=socket_path))
+            self._stack.callback(socket_path.unlink, True)
+            self.server = self._stack.enter_context(
+                NbdServerThread(self.disk, unix_path=socket_path, disk_threads=disk_threads)
+            )
         except BaseException:
             self._stack.close()
             raise
@@ -56,6 +121,14 @@ class ServedRootfs:
     @property
     def url(self) -> str:
         return self.server.url
+
+    def raise_if_failed(self) -> None:
+        """Raise ``BuildError`` if a write of the guest's disk failed (its file system is damaged)."""
+        if self.disk.failure is not None:
+            raise BuildError(
+                f"{self.disk.failure} ({self.disk.failures} failed writes); the guest's file system "
+                f"is damaged: free space under {self.cache.path.parent} and start the sandbox again"
+            )
 
     def attach(self, work_dir: Path) -> AttachedDevice:
         """Attach the export as a host block device (detached again by ``close``)."""

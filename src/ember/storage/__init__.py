@@ -21,9 +21,11 @@ from ember.storage.hammer import (
 )
 from ember.storage.local import LocalStorage
 from ember.storage.memory import MemoryStorage, open_memory_storage
-from ember.storage.paths import MEMFILE, METADATA, ROOTFS, SNAPFILE, BuildPaths, data_file_name
+from ember.storage.paths import CLAIM, MEMFILE, METADATA, ROOTFS, SNAPFILE, BuildPaths, data_file_name
+from ember.storage.temporaries import sweep_stale_temporaries
 
 __all__ = [
+    "CLAIM",
     "MEMFILE",
     "MEMORY_CHUNK_SIZE",
     "METADATA",
@@ -52,4 +54,5 @@ __all__ = [
     "open_storage",
     "render_gantt",
     "summary_rows",
+    "sweep_stale_temporaries",
 ]

@@ -7,6 +7,8 @@ can be joined under a local directory without escaping it.
 Guarantees every backend keeps:
 
 * puts are atomic: a reader sees the old object or the whole new one, never a prefix;
+* ``create_exclusive`` stores an object only where none exists, so of writers racing for one
+  key (two processes given the same build id) exactly one succeeds;
 * ``get_to_file`` writes a temporary name next to the destination and renames it into
   place, so a failed download leaves no file at the destination path;
 * ``read_range`` returns fewer bytes than asked only when the object ends first, and
@@ -19,7 +21,6 @@ Guarantees every backend keeps:
 from __future__ import annotations
 
 import abc
-import contextlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from typing import BinaryIO
 import google_crc32c
 
 from ember.errors import StorageError, UsageError
+from ember.storage.temporaries import remove_quietly, temporary_prefix
 
 COPY_BUFFER_SIZE = 1 << 20
 
@@ -61,6 +63,14 @@ class Storage(abc.ABC):
         diff that nobody reads from the scratch directory again. Others upload it.
         """
         self.put_file(key, path)
+
+    @abc.abstractmethod
+    def create_exclusive(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` only if no object has that key, atomically across processes.
+
+        Raises ``ObjectExists`` when one does: of several writers racing for one key, exactly
+        one succeeds. This is how a writer claims a build id before it uploads anything.
+        """
 
     @abc.abstractmethod
     def get_to_file(self, key: str, path: Path) -> None:
@@ -113,10 +123,19 @@ def check_key(key: str) -> str:
     return key
 
 
+MAX_OBJECT_END = (1 << 63) - 1
+"""The last byte offset a read can reach: file offsets (``pread``, ``off_t``) are signed 64-bit."""
+
+
 def check_range(offset: int, length: int) -> None:
-    """Reject negative ranges before they reach a backend that would misread them."""
+    """Reject ranges no backend can read before they reach one that would misread or overflow on them."""
     if offset < 0 or length < 0:
         raise UsageError(f"invalid range offset={offset} length={length}: both must be >= 0")
+    if offset + length > MAX_OBJECT_END:
+        raise UsageError(
+            f"invalid range offset={offset} length={length}: it ends past byte 2^63 - 1, the largest "
+            "offset storage can address; an offset this large comes from a corrupt header"
+        )
 
 
 def writable_view(buffer: bytearray | memoryview) -> memoryview:
@@ -154,22 +173,56 @@ def crc32c_of_bytes(data: bytes) -> int:
     return int(google_crc32c.value(data))
 
 
-OBJECT_MODE = 0o644
-"""Stored objects are world-readable like any file a plain copy makes (mkstemp would give 0600)."""
+OBJECT_MODE = 0o600
+"""Stored objects are private to their owner: a memfile or snapfile is a guest's RAM and state."""
+DIRECTORY_MODE = 0o700
+"""Folders a store creates (a build's folder, the chunk cache's) are private for the same reason."""
 
 
-def atomic_write(path: Path, fill: Callable[[BinaryIO], object], *, fsync: bool = True) -> None:
+def make_directories(directory: Path) -> None:
+    """Create ``directory`` and its missing parents as ``DIRECTORY_MODE``; existing ones keep their mode.
+
+    ``Path.mkdir(parents=True)`` would give the parents the umask's default (0755), which
+    lists the builds of a private store to every local user.
+    """
+    missing: list[Path] = []
+    current = directory
+    while not current.is_dir():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=DIRECTORY_MODE)
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+            continue
+        # mkdir's mode is masked by the umask: set it exactly, so a strict umask (0277) cannot
+        # leave a folder its owner cannot write into.
+        os.chmod(path, DIRECTORY_MODE)
+
+
+def atomic_write(
+    path: Path, fill: Callable[[BinaryIO], object], *, fsync: bool = True, exclusive: bool = False
+) -> None:
     """Write ``path`` through a temporary sibling and rename it into place.
 
     ``fill`` writes the content to the open temporary file. If it raises, the temporary
     file is removed and the exception propagates, so ``path`` is either untouched or the
     complete new content: never a torn file. ``fsync`` makes the content durable before
-    the rename (skip it only for caches that can refetch).
+    the rename (skip it only for caches that can refetch). The temporary's name says which
+    process wrote it (``temporaries``), so one left by a killed writer can be swept later.
+
+    ``exclusive`` hard-links the temporary to ``path`` instead of renaming it over it: the
+    link fails when ``path`` exists, in any process on any host sharing the file system, so
+    exactly one of several writers creates the file; the others get ``FileExistsError``.
     """
     directory = path.parent
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        make_directories(directory)
+        fd, temp_name = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=".tmp", dir=directory)
     except OSError as exc:
         raise StorageError(f"cannot create a file in {directory}: {exc}; check permissions") from exc
     try:
@@ -179,13 +232,35 @@ def atomic_write(path: Path, fill: Callable[[BinaryIO], object], *, fsync: bool 
             target.flush()
             if fsync:
                 os.fsync(target.fileno())
-        os.replace(temp_name, path)
+        if exclusive:
+            _link_exclusive(temp_name, path)
+            remove_quietly(temp_name)
+        else:
+            os.replace(temp_name, path)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
+        remove_quietly(temp_name)
+        if isinstance(exc, _ExclusiveLinkFailed):
+            raise FileExistsError(exc.errno, exc.strerror, str(path)) from None
         if isinstance(exc, OSError):
             raise StorageError(f"cannot write {path}: {exc}; check permissions and free space") from exc
         raise
+
+
+class _ExclusiveLinkFailed(FileExistsError):
+    """The exclusive link found ``path`` taken (told apart from any other FileExistsError)."""
+
+
+def _link_exclusive(temp_name: str, path: Path) -> None:
+    """Link the finished temporary to ``path``; ``FileExistsError`` if another file got there first.
+
+    NFS may report EEXIST for a link whose first transmission succeeded (the reply was
+    lost and the retransmission found the name taken): the temporary's link count tells.
+    """
+    try:
+        os.link(temp_name, path)
+    except FileExistsError as exc:
+        if os.stat(temp_name).st_nlink != 2:
+            raise _ExclusiveLinkFailed(exc.errno, exc.strerror) from exc
 
 
 def is_temporary_name(name: str) -> bool:

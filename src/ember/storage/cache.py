@@ -20,6 +20,7 @@ Guarantees:
 
 * every file is written to a temporary sibling and renamed, so readers in any thread or
   process see a whole chunk or none;
+* files are created 0600 and folders 0700, like a local store's objects: chunks are guest RAM;
 * a chunk file whose length is not the expected one (torn by a crash, truncated by hand)
   is deleted and fetched again;
 * a chunk file truncated in place while open is noticed by its short read, and refetched
@@ -376,6 +377,13 @@ class ChunkCache(Storage):
         self._invalidate(key)
         self._inner.put(key, data)
         self._invalidate(key)
+
+    def create_exclusive(self, key: str, data: bytes) -> None:
+        self._invalidate(key)
+        try:
+            self._inner.create_exclusive(key, data)
+        finally:
+            self._invalidate(key)
 
     def put_file(self, key: str, path: Path) -> None:
         self._invalidate(key)

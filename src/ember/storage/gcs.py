@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -30,14 +31,19 @@ from typing import Any, TypeVar
 import google.auth
 import google.auth.exceptions
 import requests
-from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage as gcs
-from google.cloud.storage import retry as gcs_retry
-from google.cloud.storage.exceptions import DataCorruption
 
-from ember.errors import ObjectNotFound, StorageError, StorageUnreachable
+from ember.errors import ObjectExists, ObjectNotFound, StorageError, StorageUnreachable
 from ember.storage.base import Storage, atomic_write, check_key, check_range
+
+with warnings.catch_warnings():
+    # google-api-core warns at import when grpcio is installed (ember's RPC server needs it)
+    # without grpcio-status. This backend speaks GCS's JSON API over HTTP, never gRPC.
+    warnings.simplefilter("ignore", ImportWarning)
+    from google.api_core import exceptions as api_exceptions
+    from google.cloud import storage as gcs
+    from google.cloud.storage import retry as gcs_retry
+    from google.cloud.storage.exceptions import DataCorruption
 
 _EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 _EMULATOR_PROJECT = "ember-emulator"
@@ -135,6 +141,27 @@ class GcsStorage(Storage):
     def put(self, key: str, data: bytes) -> None:
         blob = self._blob(key)
         self._call(key, lambda: blob.upload_from_string(data, timeout=self._timeout, retry=self._retry))
+
+    def create_exclusive(self, key: str, data: bytes) -> None:
+        """An upload with ``ifGenerationMatch=0``, which GCS refuses (412) once the object exists.
+
+        gcp-storage-emulator ignores preconditions, so the ``exists`` check in front answers
+        for it when the object is already there; against GCS the precondition alone decides.
+        """
+        if self.exists(key):
+            raise ObjectExists(key, self.url)
+        blob = self._blob(key)
+        try:
+            self._call(
+                key,
+                lambda: blob.upload_from_string(
+                    data, if_generation_match=0, timeout=self._timeout, retry=self._retry
+                ),
+            )
+        except StorageError as exc:
+            if isinstance(exc.__cause__, api_exceptions.PreconditionFailed):
+                raise ObjectExists(key, self.url) from exc
+            raise
 
     def put_file(self, key: str, path: Path) -> None:
         blob = self._blob(key)

@@ -5,10 +5,13 @@ Layout (the same relative keys as a bucket, facts file 1.1)::
     <root>/
       <build uuid>/
         memfile  memfile.header  rootfs.ext4  rootfs.ext4.header  snapfile  metadata.json
-        .memfile.k3j2x9.tmp      <- an upload in flight; hidden from list(), renamed when complete
+        .memfile.3f9a0c1e-41237-8812345.k3j2x9ab.tmp   <- an upload in flight (writer's boot id,
+                                 pid and start time, see ``temporaries``); hidden from list(),
+                                 renamed when complete
 
 Every write lands in a temporary sibling, is fsynced, then ``os.replace``d over the key,
-so readers in any process see the old file or the new one, never part of it.
+so readers in any process see the old file or the new one, never part of it. Objects are
+created 0600 and folders 0700: a memfile is a guest's RAM, for its owner's eyes only.
 
 Ranged reads keep up to ``max_open_files`` descriptors open (an LRU): opening the object
 for every read would cost more than the read. A layered device read (``BuildFile``) goes
@@ -32,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from ember.errors import ObjectNotFound, StorageError
+from ember.errors import ObjectExists, ObjectNotFound, StorageError
 from ember.storage.base import (
     COPY_BUFFER_SIZE,
     OBJECT_MODE,
@@ -42,6 +45,7 @@ from ember.storage.base import (
     check_range,
     crc32c_of_file,
     is_temporary_name,
+    make_directories,
     preadv_full,
     writable_view,
 )
@@ -132,6 +136,16 @@ class LocalStorage(Storage):
         finally:
             self._discard(key)
 
+    def create_exclusive(self, key: str, data: bytes) -> None:
+        """A temporary hard-linked to the key: the link fails if the key exists (``atomic_write``)."""
+        self._discard(key)
+        try:
+            atomic_write(self._path(key), lambda target: target.write(data), exclusive=True)
+        except FileExistsError as exc:
+            raise ObjectExists(key, self.url) from exc
+        finally:
+            self._discard(key)
+
     def put_file(self, key: str, path: Path) -> None:
         self._discard(key)
         try:
@@ -153,7 +167,7 @@ class LocalStorage(Storage):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_directories(target.parent)
             os.replace(path, target)
             self._discard(key)
         except OSError as exc:

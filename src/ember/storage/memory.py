@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
-from ember.errors import ObjectNotFound, StorageError
+from ember.errors import ObjectExists, ObjectNotFound, StorageError
 from ember.storage.base import (
     COPY_BUFFER_SIZE,
     Storage,
@@ -52,6 +52,13 @@ class MemoryStorage(Storage):
         frozen = bytes(data)
         with self._lock:
             self._objects[check_key(key)] = frozen
+
+    def create_exclusive(self, key: str, data: bytes) -> None:
+        frozen = bytes(data)
+        with self._lock:
+            if check_key(key) in self._objects:
+                raise ObjectExists(key, self.url)
+            self._objects[key] = frozen
 
     def put_file(self, key: str, path: Path) -> None:
         try:

@@ -8,6 +8,8 @@
     {build}/rootfs.ext4.header   rootfs mapping header (never suffixed)
     {build}/snapfile             VMM device state
     {build}/metadata.json        template metadata, written last
+    {build}/.ember-claim         who claimed the build id, created exclusively before any other
+                                 object (ember's own; no tool treats it as part of the build)
 
 Keys have no ``templates/`` prefix: the CLI's local layout adds it to the directory,
 not to the key (see ``open_storage``).
@@ -24,6 +26,7 @@ MEMFILE = "memfile"
 ROOTFS = "rootfs.ext4"
 SNAPFILE = "snapfile"
 METADATA = "metadata.json"
+CLAIM = ".ember-claim"
 HEADER_SUFFIX = ".header"
 
 DATA_FILES = (MEMFILE, ROOTFS)
@@ -86,6 +89,11 @@ class BuildPaths:
     @property
     def metadata(self) -> str:
         return self.key(METADATA)
+
+    @property
+    def claim(self) -> str:
+        """The marker a writer creates exclusively to own this build id (``claim_build``)."""
+        return self.key(CLAIM)
 
     def header(self, file_name: str) -> str:
         """Header key of a data file (``memfile`` or ``rootfs.ext4``); never compressed."""

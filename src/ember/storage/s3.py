@@ -29,7 +29,7 @@ import boto3.s3.transfer
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from ember.errors import ObjectNotFound, StorageError, StorageUnreachable
+from ember.errors import ObjectExists, ObjectNotFound, StorageError, StorageUnreachable
 from ember.storage.base import Storage, atomic_write, check_key, check_range, crc32c_of_bytes, crc32c_of_file
 
 if TYPE_CHECKING:
@@ -49,6 +49,9 @@ _REFUSED_CODES = {
     "PermanentRedirect",
     "AuthorizationHeaderMalformed",
 }
+
+_TAKEN_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+"""What S3 answers a conditional PUT whose key exists (409 when a concurrent PUT is in flight)."""
 
 _T = TypeVar("_T")
 
@@ -143,6 +146,28 @@ class S3Storage(Storage):
                 Bucket=self._bucket, Key=name, Body=data, ChecksumAlgorithm="CRC32C", ChecksumCRC32C=checksum
             ),
         )
+
+    def create_exclusive(self, key: str, data: bytes) -> None:
+        """A PUT with ``If-None-Match: *``, which S3 (and moto) refuse with 412 once the key exists."""
+        name = self._name(key)
+        checksum = _encode_crc32c(crc32c_of_bytes(data))
+        try:
+            self._call(
+                key,
+                lambda: self._client.put_object(
+                    Bucket=self._bucket,
+                    Key=name,
+                    Body=data,
+                    IfNoneMatch="*",
+                    ChecksumAlgorithm="CRC32C",
+                    ChecksumCRC32C=checksum,
+                ),
+            )
+        except StorageError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in _TAKEN_CODES:
+                raise ObjectExists(key, self.url) from exc
+            raise
 
     def put_file(self, key: str, path: Path) -> None:
         name = self._name(key)

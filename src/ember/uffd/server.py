@@ -51,10 +51,11 @@ page installed by a read), and with it the guest's write faults again as a WP fa
 Python marks DIRTY.
 
 Guarantees: a page is never installed from anything but the memfile or zeros; the tracker,
-the access record and the counts show an install before the install wakes the guest; a source read
-that fails is retried ``SOURCE_RETRIES`` times (50 ms doubling to 500 ms) and then the server
-stops serving, keeps the userfaultfd open (closing it would let the guest see zero pages where
-data belongs), sets ``error`` and calls ``on_error``: the caller must stop the VM.
+the access record and the counts show an install before the install wakes the guest; a source
+read that fails with a ``StorageError`` is retried as every build read is (``ember.build.retry``:
+3 retries, 50 ms to 500 ms); then, as on any other read failure, the server stops serving, keeps
+the userfaultfd open (closing it would let the guest see zero pages where data belongs), sets
+``error`` and calls ``on_error``: the caller must stop the VM.
 """
 
 from __future__ import annotations
@@ -64,7 +65,6 @@ import contextlib
 import ctypes
 import dataclasses
 import os
-import random
 import select
 import threading
 from collections.abc import Callable
@@ -74,7 +74,8 @@ from typing import Final, Protocol
 import numpy as np
 
 from ember.build import BuildFile
-from ember.errors import EmberError, VmError
+from ember.build.retry import read_with_retries
+from ember.errors import EmberError, StorageError, VmError
 from ember.uffd.handshake import ACCEPT_TIMEOUT_S, Handshake, HandshakeListener, Region
 from ember.uffd.ioctl import (
     EVENT_PAGEFAULT,
@@ -97,9 +98,6 @@ except ImportError as exc:
         f"ember's native page-fault loop is not built ({exc}): run `make setup` to compile it"
     ) from exc
 
-SOURCE_RETRIES: Final = 3
-RETRY_FIRST_DELAY_S: Final = 0.05
-RETRY_MAX_DELAY_S: Final = 0.5
 _SMALL_PAGE: Final = 4096
 _ZERO_PAGE: Final = bytes(_SMALL_PAGE)
 _MESSAGES_PER_READ: Final = 256
@@ -556,24 +554,31 @@ class PageServer:
         return uffd.copy(address, self._buffers[0].address, length, write_protect=protect)
 
     def _read_source(self, view: memoryview, offset: int) -> None:
-        delay_s = RETRY_FIRST_DELAY_S
-        for attempt in range(SOURCE_RETRIES + 1):
-            try:
-                filled = self.source.readinto(view, offset)
-                if filled == len(view):
-                    return
-                failure: EmberError = VmError(f"the memfile ended at byte {offset + filled}")
-            except EmberError as exc:
-                failure = exc
-            if attempt == SOURCE_RETRIES:
-                raise VmError(
-                    f"cannot read guest memory at memfile offset {offset} ({len(view)} bytes) after "
-                    f"{SOURCE_RETRIES} retries: {failure}; the VM is waiting for this page: stop it"
-                ) from failure
+        def retrying(_error: StorageError, _delay_s: float) -> None:
             self._counts.source_retries += 1
-            if self._stopping.wait(delay_s * random.uniform(1.0, 1.2)):
-                raise VmError("the page server was closed while retrying a memfile read") from failure
-            delay_s = min(delay_s * 2, RETRY_MAX_DELAY_S)
+
+        closed = VmError("the page server was closed while retrying a memfile read")
+
+        def wait(delay_s: float) -> None:
+            if self._stopping.wait(delay_s):
+                raise closed
+
+        try:
+            filled = read_with_retries(
+                lambda: self.source.readinto(view, offset), on_retry=retrying, sleep=wait
+            )
+        except EmberError as exc:
+            if exc is closed:
+                raise
+            raise VmError(
+                f"cannot read guest memory at memfile offset {offset} ({len(view)} bytes): {exc}; "
+                "the VM is waiting for this page: stop it"
+            ) from exc
+        if filled != len(view):
+            raise VmError(
+                f"cannot read guest memory at memfile offset {offset} ({len(view)} bytes): the memfile "
+                f"ended at byte {offset + filled}; the VM is waiting for this page: stop it"
+            )
 
 
 def _native_accesses(loop: _faultloop.FaultLoop) -> list[tuple[int, AccessType]]:

@@ -57,6 +57,15 @@ class Vm(Protocol):
         """The guest's serial console, appended to while the VM runs."""
         ...
 
+    @property
+    def pid(self) -> int | None:
+        """The VMM process's pid once started (None before)."""
+        ...
+
+    def check_alive(self) -> None:
+        """Raise VmError, with what the guest and the VMM last printed, if the VMM has exited."""
+        ...
+
     def boot(self) -> None:
         """Start the VMM and the guest (CREATED -> RUNNING)."""
         ...

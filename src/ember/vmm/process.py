@@ -4,6 +4,14 @@ Both drivers keep the guest's serial console in ``run_dir/console.log`` and one 
 process; how a VM is started, configured and stopped differs and stays in each driver.
 Keeping this part in one class means a fix to waiting, exit detection or error text reaches
 both drivers at once.
+
+The spawning rule: a VMM is started with ``setpriv --pdeathsig KILL``, so it dies with
+the process that started it (an ember killed with SIGKILL must not leave a guest running
+with its disk and memory servers gone). Linux ties that signal to the *thread* that
+forked, not to the process: a VMM started from a short-lived thread is killed when the
+thread ends. So VMMs are started only from a thread that lives as long as the VM: the
+main thread of the sandbox process (``ember.sandbox.worker``), which owns one sandbox and
+whose death is exactly the event that must end the VM.
 """
 
 from __future__ import annotations

@@ -189,3 +189,30 @@ def test_compressed_data_objects_are_copied_under_their_suffix(
 def test_zero_workers_is_a_usage_error(source: LocalStorage, destination: Storage) -> None:
     with pytest.raises(UsageError, match="workers must be at least 1"):
         copy_build(uuid.uuid4(), source, destination, workers=0)
+
+
+@pytest.mark.parametrize("compression", [None, {2: CompressionType.LZ4}, {2: CompressionType.ZSTD}])
+def test_a_data_object_shorter_than_its_header_needs_fails_the_copy_before_metadata(
+    source: LocalStorage, destination: Storage, compression: dict[int, CompressionType] | None
+) -> None:
+    rootfs, _ = store_builds(source, compression=compression)
+    suffix = {None: "", CompressionType.LZ4: ".lz4", CompressionType.ZSTD: ".zstd"}
+    key = f"{rootfs.top}/rootfs.ext4{suffix[(compression or {}).get(2)]}"
+    whole = source.get(key)
+    source.put(key, whole[: len(whole) - 1])
+    with pytest.raises(BuildError) as caught:
+        copy_build(rootfs.top, source, destination)
+    message = str(caught.value)
+    assert f"build {rootfs.top}: {key!r} is {len(whole) - 1} bytes" in message
+    assert f"reads up to byte {len(whole)}: the object is truncated" in message
+    assert "metadata.json was not written" in message
+    assert not destination.exists(f"{rootfs.top}/metadata.json")
+
+
+def test_a_copy_of_complete_compressed_objects_checks_the_frames_it_reads(
+    source: LocalStorage, destination: Storage
+) -> None:
+    rootfs, _ = store_builds(source, compression={0: CompressionType.ZSTD, 2: CompressionType.LZ4})
+    report = copy_build(rootfs.top, source, destination)
+    assert destination.exists(f"{rootfs.top}/metadata.json")
+    assert report.removed_temporaries == ()

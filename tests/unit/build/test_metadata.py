@@ -12,6 +12,8 @@ from ember.build.metadata import (
 )
 from ember.errors import MetadataError
 
+BUILD_ID = "8c4b2e5e-5f4a-4e0b-9a44-1b1f0b6b2a10"
+
 FULL_V2 = {
     "version": 2,
     "template": {
@@ -110,6 +112,33 @@ def test_filesystem_only_forces_version_two() -> None:
 
 
 def test_html_characters_are_escaped_like_the_original() -> None:
-    meta = TemplateMetadata(version=2, start=Start(start_command="a && b > c"))
+    meta = TemplateMetadata(
+        version=2, template=TemplateInfo(build_id=BUILD_ID), start=Start(start_command="a && b > c")
+    )
     assert b"a \\u0026\\u0026 b \\u003e c" in meta.to_json()
     assert parse_metadata(meta.to_json()).start == Start(start_command="a && b > c")
+
+
+def test_an_empty_document_parses_as_the_deprecated_format_but_is_not_resumable() -> None:
+    metadata = parse_metadata(b"{}")
+    assert metadata == TemplateMetadata(version=1)
+    with pytest.raises(
+        MetadataError,
+        match=f"metadata.json of build {BUILD_ID} has no template section: the build is corrupt or not a",
+    ):
+        metadata.require_resumable(BUILD_ID)
+
+
+def test_a_current_document_without_a_template_build_id_is_refused_when_parsed() -> None:
+    for document in (
+        {"version": 2},
+        {"version": 2, "template": {}},
+        {"version": 3, "template": {"build_id": ""}},
+    ):
+        with pytest.raises(MetadataError, match=f"metadata.json of build {BUILD_ID} has no template section"):
+            parse_metadata(json.dumps(document).encode(), BUILD_ID)
+
+
+def test_a_complete_document_is_resumable() -> None:
+    metadata = parse_metadata(json.dumps(FULL_V2).encode(), BUILD_ID)
+    assert metadata.require_resumable(BUILD_ID) is metadata

@@ -33,6 +33,9 @@ class CountingStorage(Storage):
     def put(self, key: str, data: bytes) -> None:
         self.inner.put(key, data)
 
+    def create_exclusive(self, key: str, data: bytes) -> None:
+        self.inner.create_exclusive(key, data)
+
     def put_file(self, key: str, path: Path) -> None:
         self.inner.put_file(key, path)
 

@@ -82,7 +82,8 @@ def _fake_provisioned(kernels_dir: Path, arch: str = "amd64") -> Path:
     _place(directory / "vmlinuz")
     _place(directory / "vmlinux.bin")
     _place(directory / "modules" / MODULE_ORDER, b"virtio_ring\nvirtio\n")
-    _place(directory / STAMP, json.dumps({"package": "linux-image-6.1.0-56-cloud-amd64"}).encode())
+    record = {"package": "linux-image-6.1.0-56-cloud-amd64", "modules": list(GUEST_MODULES)}
+    _place(directory / STAMP, json.dumps(record).encode())
     return directory
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -9,6 +11,7 @@ from hypothesis import strategies as st
 
 from ember.errors import UsageError
 from ember.memory import AccessKind, AccessRecorder, Extent, PageAccesses, coalesce, merge_runs
+from ember.memory.prefetch import CHUNK_PAGES
 
 PAGE = 4096
 
@@ -95,3 +98,29 @@ def test_extents_cover_exactly_the_listed_pages(indices: list[int], cap_pages: i
     assert all(e.length_bytes <= cap_pages * PAGE for e in extents)
     if indices:
         assert extents[0].offset <= indices[0] * PAGE < extents[0].offset + extents[0].length_bytes
+
+
+def test_recording_costs_memory_for_the_pages_touched_not_for_the_size_the_header_claims() -> None:
+    tracemalloc.start()
+    try:
+        recorder = AccessRecorder(64 << 30, PAGE)  # a 64 GiB device: 16 Mi pages
+        for page in (0, 1, 5000, 3_000_000, (16 << 20) - 1):
+            recorder.record(page * PAGE, PAGE, AccessKind.READ)
+        recorder.record((16 << 20) * PAGE, PAGE, AccessKind.READ)  # past the end: ignored
+        assert recorder.count(AccessKind.READ) == 5
+        assert recorder.snapshot().indices.tolist() == [0, 1, 5000, 3_000_000, (16 << 20) - 1]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_a_request_spanning_recording_chunks_keeps_the_order_of_its_pages() -> None:
+    recorder = AccessRecorder(1 << 30, PAGE)
+    recorder.record((CHUNK_PAGES - 2) * PAGE, 4 * PAGE, AccessKind.PREFETCH)
+    recorder.record((CHUNK_PAGES - 3) * PAGE, 2 * PAGE, AccessKind.READ)
+    seen = recorder.snapshot()
+    first = CHUNK_PAGES - 2
+    assert seen.indices.tolist() == [first, first + 1, first + 2, first + 3, first - 1]
+    assert bytes(seen.kinds) == b"ppppr"
+    assert recorder.pages_reread == 1

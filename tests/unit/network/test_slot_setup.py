@@ -73,10 +73,10 @@ def test_a_created_slot_leaves_nothing_undone(monkeypatch: pytest.MonkeyPatch) -
     assert recorder.calls == SETUP_STEPS
 
 
-def test_without_a_default_route_no_host_rules_are_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_default_route_the_host_guard_is_still_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     recorder = Recorder(monkeypatch, gateway=None)
     create_slot(4, SlotConfig())
-    assert recorder.calls == SETUP_STEPS[:-1]
+    assert recorder.calls == SETUP_STEPS
 
 
 @pytest.mark.parametrize(

@@ -59,13 +59,13 @@ def test_move_file_takes_the_file_over_instead_of_copying(tmp_path: Path) -> Non
     scratch = tmp_path / "scratch" / "memfile"
     scratch.parent.mkdir()
     scratch.write_bytes(b"diff pages")
-    scratch.chmod(0o600)
+    scratch.chmod(0o644)
     inode = scratch.stat().st_ino
     LocalStorage(tmp_path / "store").move_file(f"{BUILD}/memfile", scratch)
     stored = tmp_path / "store" / BUILD / "memfile"
     assert not scratch.exists()
     assert stored.stat().st_ino == inode
-    assert stat.S_IMODE(stored.stat().st_mode) == 0o644
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
     assert stored.read_bytes() == b"diff pages"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from ember.errors import UsageError
@@ -102,3 +104,22 @@ def test_accesses_from_the_backlog_come_before_the_ones_recorded_after_them() ->
         (5, "p"),
         (9, "r"),
     ]
+
+
+def test_a_tracker_for_a_huge_memfile_costs_memory_only_for_the_pages_it_tracks() -> None:
+    pages = 1 << 29  # a 2 TiB memfile header of 4 KiB pages
+    tracemalloc.start()
+    try:
+        tracker = PageTracker(pages)
+        tracker.mark_written(3, 4)
+        tracker.set_range(pages - 2, pages, PageState.REMOVED)
+        tracker.mark_installed(100, 102, PageState.ZERO)
+        dirty, empty = tracker.export()
+        assert tracker.count(PageState.DIRTY) == 1
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert dirty.tolist() == [3]
+    assert empty.tolist() == [100, 101, pages - 2, pages - 1]
+    assert tracker.page_count == pages
+    assert peak < 128 << 20

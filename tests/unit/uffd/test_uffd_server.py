@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 from uffd_harness import Op, page_pattern, run_child, sha, store_memfile
 
 from ember.build import BuildFile
-from ember.errors import BuildError, EmberError, VmError
+from ember.errors import EmberError, MappingError, StorageError, VmError
 from ember.uffd import PageServer, PageState
 
 SMALL = 4096
@@ -155,11 +154,15 @@ def test_a_prefault_after_the_guest_process_exited_installs_nothing(
 
 
 class FlakySource:
-    """A memfile whose reads fail ``failures`` times before succeeding (forever when negative)."""
+    """A memfile whose reads fail ``failures`` times before succeeding (forever when negative).
 
-    def __init__(self, inner: BuildFile, failures: int) -> None:
+    The failure is a storage error (a backend that may answer next time) unless ``error`` says otherwise.
+    """
+
+    def __init__(self, inner: BuildFile, failures: int, error: type[EmberError] = StorageError) -> None:
         self.inner = inner
         self.failures = failures
+        self.error = error
         self.calls = 0
 
     @property
@@ -169,7 +172,7 @@ class FlakySource:
     def readinto(self, buffer: memoryview, offset: int) -> int:
         self.calls += 1
         if self.failures < 0 or self.calls <= self.failures:
-            raise BuildError(f"storage hiccup #{self.calls}")
+            raise self.error(f"storage hiccup #{self.calls}")
         return self.inner.readinto(buffer, offset)
 
 
@@ -199,9 +202,41 @@ def test_a_memfile_read_that_keeps_failing_stops_the_server_with_an_error_to_sho
     assert "stop it" in str(error)
 
 
-def _open_fds() -> int:
-    gc.collect()  # storages of earlier tests keep read descriptors until they are collected
-    return len(os.listdir("/proc/self/fd"))
+def test_a_memfile_read_failing_for_a_reason_a_retry_cannot_cure_stops_the_server_at_once(
+    tmp_path: Path, memfile: BuildFile
+) -> None:
+    source = FlakySource(memfile, failures=-1, error=MappingError)
+    with PageServer(source, tmp_path / SOCKET) as server:
+        outcome = run_child(tmp_path / SOCKET, SMALL, PAGES, [Op("read", 2)], timeout_s=3)
+        error = server.wait_failed(5)
+    assert outcome.error == "timed out"
+    assert source.calls == 1
+    assert server.stats.source_retries == 0
+    assert isinstance(error, VmError)
+    assert "storage hiccup #1" in str(error)
+
+
+def _held(socket_path: Path) -> dict[int, str]:
+    """This process's fds on the kinds of object a page server test creates: ``{fd: target}``.
+
+    Userfaultfds, pipes (the server's wake pipe) and unix sockets bound at ``socket_path``
+    (the listener and the connection it accepted; ``/proc/net/unix`` keeps their path even
+    once the name is unlinked). Counting every fd of the process instead also counts what
+    other threads open and close meanwhile (a loopback server of an earlier test answering
+    a late keep-alive request), which made the count flaky.
+    """
+    with open("/proc/net/unix") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    bound = {f"socket:[{row[6]}]" for row in rows if len(row) > 7 and row[7] == str(socket_path)}
+    held = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the listing's own descriptor, already closed
+            continue
+        if target == "anon_inode:[userfaultfd]" or target.startswith("pipe:") or target in bound:
+            held[int(name)] = target
+    return held
 
 
 @pytest.mark.parametrize(
@@ -216,7 +251,7 @@ def _open_fds() -> int:
 def test_a_bogus_regions_message_is_rejected_without_leaking_the_fd(
     tmp_path: Path, memfile: BuildFile, payload: bytes, reason: str
 ) -> None:
-    before = _open_fds()
+    before = _held(tmp_path / SOCKET)
     server = PageServer(memfile, tmp_path / SOCKET)
     server.start()
     outcome = run_child(tmp_path / SOCKET, SMALL, PAGES, [], payload=payload)
@@ -225,7 +260,8 @@ def test_a_bogus_regions_message_is_rejected_without_leaking_the_fd(
     assert outcome.error == ""
     assert isinstance(error, VmError)
     assert reason in str(error)
-    assert _open_fds() == before
+    after = _held(tmp_path / SOCKET)
+    assert {fd: target for fd, target in after.items() if before.get(fd) != target} == {}
     assert not (tmp_path / SOCKET).exists()
 
 

@@ -111,11 +111,18 @@ class HttpApi:
         if not isinstance(body, dict):
             raise HttpError(400, "init body must be a JSON object")
         token = body.get("accessToken")
-        current = self._state.snapshot().access_token
-        if token is not None and current is not None and token != current and not self._authorized(request):
-            raise HttpError(
-                401, "access token is already set: send the current one in X-Access-Token to change it"
-            )
+        presented = request.headers.get("X-Access-Token")
+        if token is not None:
+            if not isinstance(token, str) or not token:
+                raise HttpError(400, "accessToken must be a non-empty string")
+            if not self._state.may_set_token(token, presented):
+                raise HttpError(
+                    401,
+                    "access token cannot be set: send the current one in X-Access-Token, "
+                    "or the one the host set for this sandbox",
+                )
+        elif not self._authorized(request):
+            raise HttpError(401, _NOT_AUTHORIZED)
         env_vars = body.get("envVars") or {}
         if not isinstance(env_vars, dict):
             raise HttpError(400, "envVars must be a JSON object of strings")

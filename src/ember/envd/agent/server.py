@@ -28,7 +28,7 @@ from .filesystem_service import FilesystemService
 from .http_api import HttpApi, Reply, Request
 from .process_service import ProcessService
 from .processes import ProcessTable
-from .state import AgentState
+from .state import HOST_TOKEN_HASH_PATH, AgentState
 
 DEFAULT_PORT = 49983
 _NOT_AUTHORIZED = "unauthorized access: send the access token in X-Access-Token"
@@ -38,8 +38,8 @@ FILE_BLOCK_BYTES = 1 << 20
 class Agent:
     """Everything the request threads share."""
 
-    def __init__(self) -> None:
-        self.state = AgentState()
+    def __init__(self, token_hash_path: str = HOST_TOKEN_HASH_PATH) -> None:
+        self.state = AgentState(token_hash_path)
         self.http_api = HttpApi(self.state)
         self.methods: dict[str, Method] = {}
         services = {
@@ -228,9 +228,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", "-port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--host", "-host", default="0.0.0.0")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    parser.add_argument(
+        "--token-hash-file",
+        default=HOST_TOKEN_HASH_PATH,
+        help="where the host vouches for the access token (SHA-512 hex); default: QEMU fw_cfg",
+    )
     options = parser.parse_args(argv)
     try:
-        server = _Server((options.host, options.port), Agent(), options.verbose)
+        server = _Server((options.host, options.port), Agent(options.token_hash_file), options.verbose)
     except OSError as exc:
         print(f"envd: cannot listen on {options.host}:{options.port}: {exc}", file=sys.stderr)
         return 1

@@ -26,9 +26,11 @@ Guarantee: every spawned Firecracker is reaped. ``stop()`` sends SIGTERM, then S
 from __future__ import annotations
 
 import contextlib
+import shlex
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from ember.errors import EmberError, VmError
@@ -69,11 +71,15 @@ class FirecrackerVm(VmProcess):
         binary: Path,
         netns: str | None = None,
         name: str | None = None,
+        sandbox_dir: Path | None = None,
+        sandbox_links: Mapping[str, Path] | None = None,
     ) -> None:
         super().__init__(name or (config.name if config is not None else "ember"), run_dir)
         self.config = config
         self.binary = binary
         self.netns = netns
+        self.sandbox_dir = sandbox_dir
+        self.sandbox_links = dict(sandbox_links or {})
         self.memory_bytes = config.machine.memory_bytes if config is not None else 0
         self.api = FirecrackerApi(run_dir / API_SOCKET)
         self._owned_sockets: list[Path] = []
@@ -91,6 +97,8 @@ class FirecrackerVm(VmProcess):
         resume: bool = True,
         load_timeout_s: float = 30.0,
         name: str = "ember",
+        sandbox_dir: Path | None = None,
+        sandbox_links: Mapping[str, Path] | None = None,
     ) -> FirecrackerVm:
         """A new Firecracker continuing the guest saved in ``snapshot`` (-> RUNNING, or PAUSED).
 
@@ -99,9 +107,18 @@ class FirecrackerVm(VmProcess):
         with ``resume`` the load returns only once that server serves the vCPUs' first
         faults, so it must be running before this is called, or the load times out.
         ``enable_diff_snapshots`` lets this VM take Diff snapshots relative to the snapshot.
+        ``sandbox_links`` puts links at the paths the snapshot baked in (see ``_spawn``).
         """
         backend = memory_backend or MemoryBackend(MemoryBackendType.FILE, snapshot.memory_path)
-        vm = cls(None, run_dir, binary=binary, netns=netns, name=name)
+        vm = cls(
+            None,
+            run_dir,
+            binary=binary,
+            netns=netns,
+            name=name,
+            sandbox_dir=sandbox_dir,
+            sandbox_links=sandbox_links,
+        )
         vm.memory_bytes = snapshot.memory_bytes
         vm._spawn()
         try:
@@ -191,6 +208,11 @@ class FirecrackerVm(VmProcess):
         return status
 
     def _spawn(self) -> None:
+        if not self.binary.is_file():
+            raise VmError(
+                f"cannot start {self.binary}: no such file; provision Firecracker "
+                "(ember.vmm.firecracker.provision_firecracker) or set FIRECRACKER_VERSIONS_DIR"
+            )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         api_socket = self.run_dir / API_SOCKET
         api_socket.unlink(missing_ok=True)
@@ -198,8 +220,11 @@ class FirecrackerVm(VmProcess):
         self.log_path.write_bytes(b"")  # Firecracker refuses a --log-path that does not exist
         argv = [str(self.binary), "--api-sock", str(api_socket), "--log-path", str(self.log_path)]
         argv += ["--level", "Info"]
+        argv = ["setpriv", "--pdeathsig", "KILL", "--", *argv]  # see ember.vmm.process: the spawning rule
         if self.netns is not None:
             argv = ["ip", "netns", "exec", self.netns, *argv]
+        if self.sandbox_dir is not None and self.sandbox_links:
+            argv = self._in_sandbox_dir(self.sandbox_dir, argv)
         try:
             with (
                 self.console_path.open("wb") as console,
@@ -222,6 +247,21 @@ class FirecrackerVm(VmProcess):
         except BaseException:
             self.stop()
             raise
+
+    def _in_sandbox_dir(self, sandbox_dir: Path, argv: list[str]) -> list[str]:
+        """``argv`` in a private mount namespace whose tmpfs at ``sandbox_dir`` holds the links.
+
+        A snapshot names its drives and kernel by path ($SANDBOX_DIR/rootfs.ext4, facts
+        5.1); giving each Firecracker its own SANDBOX_DIR lets every sandbox's snapshot find
+        its own disk at the same path. Every step is ``exec``: the chain stays one process,
+        so the pdeathsig set last still belongs to the thread that started it.
+        """
+        steps = ["set -e", "mount --make-rprivate /", 'mount -t tmpfs tmpfs "$0" -o X-mount.mkdir']
+        for name, target in sorted(self.sandbox_links.items()):
+            link = shlex.quote(name)
+            steps.append(f'mkdir -p "$0"/"$(dirname {link})"; ln -s {shlex.quote(str(target))} "$0"/{link}')
+        steps.append('exec "$@"')
+        return ["unshare", "-m", "--", "sh", "-c", "; ".join(steps), str(sandbox_dir), *argv]
 
     def _wait_for_socket(self, path: Path) -> None:
         deadline = time.monotonic() + _SOCKET_TIMEOUT_S

@@ -11,6 +11,7 @@ console file, QMP on a unix socket, and virtio-blk disks::
         -serial file:<console> -qmp unix:<socket>,server=on,wait=off
         { -drive file=<path|nbd+unix:///?socket=...>,format=raw,if=none,id=<id>,cache=<...>
           -device virtio-blk-pci,drive=<id> } ...
+        [-fw_cfg name=<opt/...>,string=<value>] ...
         [-incoming defer]
 
 Disks given as a URL (QEMU's own NBD client) use ``cache=none``: every guest write goes to
@@ -111,6 +112,13 @@ class MachineConfig:
     nics: tuple[NicConfig, ...] = ()
     name: str = "ember"
     netns: str | None = None
+    fw_cfg: tuple[tuple[str, str], ...] = ()
+    """``(name, value)`` strings the guest reads from QEMU's fw_cfg device (``opt/...`` names).
+
+    Only QEMU writes them, and a restore may give new values (the guest reads the device
+    afresh), which makes them the host's channel into a sandbox. The set of names must be
+    the same on restore; each value's length must be too (the guest's sysfs keeps sizes).
+    """
 
     @property
     def memory_bytes(self) -> int:
@@ -179,6 +187,8 @@ def qemu_argv(
         argv += ["-initrd", str(config.initrd_path)]
     argv += ["-append", config.cmdline]
     argv += ["-serial", f"file:{console_path}", "-qmp", f"unix:{qmp_path},server=on,wait=off"]
+    for fw_name, fw_value in config.fw_cfg:
+        argv += ["-fw_cfg", f"name={_escape(fw_name)},string={_escape(fw_value)}"]
     for drive in config.drives:
         options = [
             f"file={_escape(drive.source)}",

@@ -19,6 +19,7 @@ Guarantee: every spawned QEMU is reaped. ``stop()`` asks QMP ``quit``, then SIGK
 from __future__ import annotations
 
 import contextlib
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -45,16 +46,32 @@ class QemuVm(VmProcess):
 
     vmm_name = "QEMU"
 
-    def __init__(self, config: MachineConfig, run_dir: Path, *, accel: Accel | None = None) -> None:
+    def __init__(
+        self,
+        config: MachineConfig,
+        run_dir: Path,
+        *,
+        accel: Accel | None = None,
+        socket_dir: Path | None = None,
+    ) -> None:
+        """``socket_dir`` holds the QMP socket (default: a private directory under $TMPDIR)."""
         super().__init__(config.name, run_dir)
         self.config = config
         self.accel = accel if accel is not None else choose_accel().accel
         self._qmp: QmpClient | None = None
+        self._given_socket_dir = socket_dir
         self._socket_dir: Path | None = None
+        self._qmp_path: Path | None = None
 
     @classmethod
     def restore(
-        cls, config: MachineConfig, snapshot: VmSnapshot, run_dir: Path, *, accel: Accel | None = None
+        cls,
+        config: MachineConfig,
+        snapshot: VmSnapshot,
+        run_dir: Path,
+        *,
+        accel: Accel | None = None,
+        socket_dir: Path | None = None,
     ) -> QemuVm:
         """A new QEMU continuing the guest saved in ``snapshot`` (-> RUNNING).
 
@@ -71,7 +88,7 @@ class QemuVm(VmProcess):
                 f"the snapshot was saved from a different machine ({saved}) than the one to restore "
                 f"({saved_machine(config)}): rebuild the config with machine_for_restore"
             )
-        vm = cls(config, run_dir, accel=accel)
+        vm = cls(config, run_dir, accel=accel, socket_dir=socket_dir)
         vm._spawn(incoming=True)
         qmp = vm._require_qmp()
         stream = f"tail -c +{stream_offset + 1} {shlex.quote(str(snapshot.state_path))}"
@@ -138,9 +155,13 @@ class QemuVm(VmProcess):
     def _spawn(self, *, incoming: bool) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # unix socket paths are capped at 108 bytes and run_dir may be deep: the QMP socket
-        # lives in a private directory under $TMPDIR, removed when the VM is finished.
-        self._socket_dir = Path(tempfile.mkdtemp(prefix="ember-qmp-"))
-        qmp_path = self._socket_dir / QMP_SOCKET
+        # lives in a short directory (the caller's, or a private one under $TMPDIR).
+        if self._given_socket_dir is not None:
+            qmp_path = self._given_socket_dir / f"qmp-{secrets.token_hex(4)}.sock"
+        else:
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="ember-qmp-"))
+            qmp_path = self._socket_dir / QMP_SOCKET
+        self._qmp_path = qmp_path
         argv = qemu_argv(
             self.config,
             accel=self.accel,
@@ -191,6 +212,8 @@ class QemuVm(VmProcess):
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
+        elif self._qmp_path is not None:
+            self._qmp_path.unlink(missing_ok=True)
         self._state = VmState.STOPPED
 
     def _diagnosis(self) -> str:

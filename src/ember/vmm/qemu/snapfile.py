@@ -35,6 +35,8 @@ class SavedMachine:
     drive_ids: tuple[str, ...]
     nic_macs: tuple[str, ...]
     qemu_version: str
+    fw_cfg_names: tuple[str, ...] = ()
+    """fw_cfg files the machine had (snapfiles older than this field had none)."""
 
 
 def write_header(path: Path, machine: SavedMachine) -> None:
@@ -67,6 +69,7 @@ def read_header(path: Path) -> tuple[SavedMachine, int]:
             drive_ids=tuple(fields["drive_ids"]),
             nic_macs=tuple(fields["nic_macs"]),
             qemu_version=str(fields["qemu_version"]),
+            fw_cfg_names=tuple(str(name) for name in fields.get("fw_cfg_names", ())),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise VmError(f"snapfile {path} has an unreadable header ({exc}): the build is corrupt") from exc
@@ -82,6 +85,7 @@ def saved_machine(config: MachineConfig) -> SavedMachine:
         drive_ids=tuple(drive.drive_id for drive in config.drives),
         nic_macs=tuple(nic.mac for nic in config.nics),
         qemu_version=qemu_version(),
+        fw_cfg_names=tuple(name for name, _ in config.fw_cfg),
     )
 
 
@@ -95,11 +99,20 @@ def machine_for_restore(
     taps: tuple[str | None, ...] = (),
     netns: str | None = None,
     name: str = "ember",
+    fw_cfg: dict[str, str] | None = None,
 ) -> MachineConfig:
-    """The config that restores ``saved`` with this host's paths (drives by id, NICs in order)."""
+    """The config that restores ``saved`` with this host's paths (drives by id, NICs in order).
+
+    ``fw_cfg`` gives values for the fw_cfg files the machine was saved with; names it did
+    not have are left out (a restored guest would not see them), and missing ones raise.
+    """
     missing = [drive_id for drive_id in saved.drive_ids if drive_id not in drive_sources]
     if missing:
         raise VmError(f"no source given for the snapshot's drives {missing}")
+    values = fw_cfg or {}
+    absent = [fw_name for fw_name in saved.fw_cfg_names if fw_name not in values]
+    if absent:
+        raise VmError(f"no value given for the snapshot's fw_cfg files {absent}")
     if len(taps) != len(saved.nic_macs):
         raise VmError(f"the snapshot has {len(saved.nic_macs)} NICs but {len(taps)} were given")
     return MachineConfig(
@@ -113,4 +126,5 @@ def machine_for_restore(
         nics=tuple(NicConfig(tap=tap, mac=mac) for tap, mac in zip(taps, saved.nic_macs, strict=True)),
         name=name,
         netns=netns,
+        fw_cfg=tuple((fw_name, values[fw_name]) for fw_name in saved.fw_cfg_names),
     )

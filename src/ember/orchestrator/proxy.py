@@ -1,0 +1,529 @@
+"""The node's sandbox proxy: HTTP and WebSocket traffic from the edge to a port inside a sandbox.
+
+Every node runs one (port 5007). The edge proxy forwards ``{port}-{id}.{domain}`` traffic here
+with the Host kept; this proxy finds which slot the sandbox runs in and relays the request to
+``http://<slot host IP>:<port>``. Per request, in this order (E2B's order, so clients see the
+same answers):
+
+1. route: ``routing.route_request`` (Host or ``E2b-Sandbox-*`` headers) -> 400 on failure;
+2. envd's control endpoints on 49983 are refused before any lookup -> 404;
+3. ``SandboxDirectory.lookup`` -> 502 when the sandbox is not on this node;
+4. the traffic access token, for ports other than envd's -> 403 when missing or wrong;
+5. dial, up to 5 attempts 100/200/300/400 ms apart (a port forward inside a freshly resumed
+   guest takes about a second to appear) -> 502 when the port stays closed;
+6. relay. Bodies stream both ways chunk by chunk, never buffered whole: Connect streams, SSE
+   and uploads of any size pass as they are produced. WebSocket upgrades are relayed message
+   by message between two aiohttp WebSocket ends.
+
+Every error body is JSON with a ``code`` and a ``message``, as the original's are (E2B's SDK
+reads them). The messages are module constants here and in ``routing``, verbatim from the
+original except ``UPSTREAM_FAILED_MESSAGE``, ember's own.
+
+Connections to the VM are never reused: each request dials anew and closes after, so a
+paused or replaced sandbox never receives a stale connection, and no cookie jar is kept.
+Connections from the edge are kept alive up to ``IDLE_TIMEOUT_S``.
+
+Not implemented: the original's HTML error pages for browser navigations, its optional
+per-sandbox connection limit (off by default there), and upgrades other than WebSocket (their
+Upgrade header is dropped and the request is relayed as plain HTTP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import hmac
+import ipaddress
+import json
+import logging
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from ember.errors import EmberError
+from ember.orchestrator.routing import (
+    ENVD_PORT,
+    SANDBOX_ID_HEADER,
+    SANDBOX_PORT_HEADER,
+    Route,
+    RouteError,
+    is_envd_control_route,
+    route_request,
+)
+
+DEFAULT_PORT = 5007
+IDLE_TIMEOUT_S = 620.0
+TRAFFIC_TOKEN_HEADER = "e2b-traffic-access-token"
+# Waits between the 5 dial attempts.
+DIAL_BACKOFF_S = (0.1, 0.2, 0.3, 0.4)
+# One attempt's bound, for a slot that drops SYNs instead of refusing them.
+DIAL_TIMEOUT_S = 30.0
+
+RESERVED_ROUTE_MESSAGE = (
+    "This endpoint is reserved for the E2B control plane and is not reachable through the sandbox URL"
+)
+SANDBOX_NOT_FOUND_MESSAGE = "The sandbox was not found"
+TOKEN_MISSING_MESSAGE = (
+    f"Sandbox is secured with traffic access token. Token header '{TRAFFIC_TOKEN_HEADER}' is missing"
+)
+TOKEN_INVALID_MESSAGE = (
+    "Sandbox is secured with traffic access token. "
+    f"Provided token in header '{TRAFFIC_TOKEN_HEADER}' is invalid"
+)
+PORT_NOT_OPEN_MESSAGE = "The sandbox is running but port is not open"
+# ember's own wording: the connection to the VM broke before its response began.
+UPSTREAM_FAILED_MESSAGE = "The sandbox closed the connection before answering"
+
+_log = logging.getLogger(__name__)
+
+# RFC 9110 section 7.6.1, plus Proxy-Connection, which old clients still send.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# aiohttp adds these to a client request unless told not to; the VM gets only what the client sent.
+_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+# aiohttp's WebSocket ends negotiate these themselves, each on its own leg.
+_WEBSOCKET_HANDSHAKE = (
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+    "Sec-WebSocket-Extensions",
+    "Sec-WebSocket-Protocol",
+)
+# Close codes that must not be sent in a close frame (RFC 6455 section 7.4.1).
+_UNSENDABLE_CLOSE_CODES = frozenset({1005, 1006, 1015})
+_SHUTDOWN_GRACE_S = 1.0
+# Big cookies and tokens are common behind sandbox URLs; aiohttp's default is 8 KiB.
+_MAX_HEADER_BYTES = 64 * 1024
+
+_SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class ProxyTarget:
+    """Where a sandbox is reachable on this node, and how its ingress is configured."""
+
+    sandbox_id: str
+    # The slot's host-side IP the VM's ports are reachable at, e.g. "10.11.0.3".
+    host: str
+    # When set, every port but envd's requires it in header e2b-traffic-access-token.
+    traffic_access_token: str | None
+    # Host header sent to the VM instead of the client's (``${PORT}`` becomes the port).
+    mask_request_host: str | None = None
+
+
+class SandboxDirectory(Protocol):
+    """The proxy's only view of the node's sandboxes. Called on the proxy's event loop: no blocking."""
+
+    def lookup(self, sandbox_id: str) -> ProxyTarget | None: ...
+
+
+NodeRoute = Callable[[], Awaitable[web.Response]]
+"""One of the node's own pages: answers a GET with a response, no request needed."""
+
+
+class ProxyOutcome(enum.Enum):
+    """How one request ended; the metric label."""
+
+    PROXIED = "proxied"
+    WEBSOCKET = "websocket"
+    INVALID_ROUTE = "invalid_route"
+    RESERVED_ROUTE = "reserved_route"
+    SANDBOX_NOT_FOUND = "sandbox_not_found"
+    TOKEN_MISSING = "token_missing"
+    TOKEN_INVALID = "token_invalid"
+    PORT_NOT_OPEN = "port_not_open"
+    UPSTREAM_FAILED = "upstream_failed"
+    CLIENT_GONE = "client_gone"
+    NODE_PAGE = "node_page"
+
+
+def _zero_per_outcome() -> dict[ProxyOutcome, int]:
+    return dict.fromkeys(ProxyOutcome, 0)
+
+
+@dataclass
+class ProxyCounters:
+    """Requests seen and how each ended, since the proxy was made. Updated on the proxy's loop."""
+
+    requests: int = 0
+    outcomes: dict[ProxyOutcome, int] = field(default_factory=_zero_per_outcome)
+
+    def record(self, outcome: ProxyOutcome) -> None:
+        self.outcomes[outcome] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        """``{"requests": n, "<outcome>": n, ...}``, a copy safe to read from another thread."""
+        return {
+            "requests": self.requests,
+            **{outcome.value: n for outcome, n in self.outcomes.copy().items()},
+        }
+
+
+class ProxyError(EmberError):
+    """The node proxy cannot listen, or was started while it runs."""
+
+
+class _PortNotOpen(Exception):
+    """Every dial attempt failed; the handler answers 502."""
+
+
+class NodeProxy:
+    """The sandbox proxy of one node, over ``directory``, for sandbox URLs under ``domain``.
+
+    ``start``/``stop`` run it on the caller's event loop; ``application()`` gives the bare
+    ``aiohttp.web.Application`` for a caller that runs its own aiohttp server. ``counters``
+    keeps counting across restarts.
+    """
+
+    def __init__(
+        self,
+        directory: SandboxDirectory,
+        domain: str | None,
+        node_routes: Mapping[str, NodeRoute] | None = None,
+    ) -> None:
+        """``node_routes`` are the node's own pages (``/health``, ``/metrics``), served only to a
+        request that names no sandbox (Host ``localhost`` or an IP literal, no sandbox headers)."""
+        self._directory = directory
+        self._domain = domain
+        self._node_routes = dict(node_routes or {})
+        self.counters = ProxyCounters()
+        self._runner: web.AppRunner | None = None
+
+    def application(self) -> web.Application:
+        """A new application serving every method and path; its client session lives with it.
+
+        Run it with ``handler_cancellation=True`` (as ``start`` does), so a client that goes
+        away also drops its request to the VM instead of waiting for the VM's answer.
+        """
+        app = web.Application(
+            handler_args={"max_line_size": _MAX_HEADER_BYTES, "max_field_size": _MAX_HEADER_BYTES}
+        )
+        app.router.add_route("*", "/{path:.*}", self._handle)
+        app.cleanup_ctx.append(_client_session)
+        return app
+
+    async def start(self, host: str = "0.0.0.0", port: int = DEFAULT_PORT) -> tuple[str, int]:
+        """Listen on ``host:port`` (0 picks a free port); returns the bound address. Raises ProxyError."""
+        if self._runner is not None:
+            raise ProxyError("the node proxy is already running: stop it before starting it again")
+        runner = web.AppRunner(
+            self.application(),
+            keepalive_timeout=IDLE_TIMEOUT_S,
+            handler_cancellation=True,
+            shutdown_timeout=_SHUTDOWN_GRACE_S,
+            access_log=None,
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ProxyError(
+                f"the node proxy cannot listen on {host}:{port}: {exc}; pick a free port"
+            ) from exc
+        self._runner = runner
+        bound_host, bound_port = runner.addresses[0][:2]
+        return str(bound_host), int(bound_port)
+
+    async def stop(self) -> None:
+        """Stop listening, give requests in flight ``_SHUTDOWN_GRACE_S``, then close every connection.
+
+        Streams that never end (SSE, WebSockets) are cut after the grace period. Safe to call
+        when stopped.
+        """
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.counters.requests += 1
+        try:
+            outcome, response = await self._serve(request)
+        except asyncio.CancelledError:  # the client went away; aiohttp cancels its handler
+            self.counters.record(ProxyOutcome.CLIENT_GONE)
+            raise
+        self.counters.record(outcome)
+        return response
+
+    async def _serve(self, request: web.Request) -> tuple[ProxyOutcome, web.StreamResponse]:
+        try:
+            route = route_request(request.host, request.headers, self._domain)
+        except RouteError as exc:
+            page = self._node_routes.get(request.path)
+            if page is not None and _addresses_the_node(request):
+                return ProxyOutcome.NODE_PAGE, await page()
+            return ProxyOutcome.INVALID_ROUTE, _plain_error(400, exc.message)
+        raw_path = request.rel_url.raw_path
+        if is_envd_control_route(route, raw_path):
+            path = urllib.parse.unquote(raw_path)
+            body: dict[str, str | int] = {"message": RESERVED_ROUTE_MESSAGE, "path": path, "code": 404}
+            return ProxyOutcome.RESERVED_ROUTE, _json_error(404, body)
+        target = self._directory.lookup(route.sandbox_id)
+        if target is None:
+            body = {"sandboxId": route.sandbox_id, "message": SANDBOX_NOT_FOUND_MESSAGE, "code": 502}
+            return ProxyOutcome.SANDBOX_NOT_FOUND, _json_error(502, body)
+        if route.port != ENVD_PORT and target.traffic_access_token is not None:
+            given = request.headers.get(TRAFFIC_TOKEN_HEADER)
+            if given is None:
+                return ProxyOutcome.TOKEN_MISSING, _plain_error(403, TOKEN_MISSING_MESSAGE)
+            if not hmac.compare_digest(given.encode(), target.traffic_access_token.encode()):
+                return ProxyOutcome.TOKEN_INVALID, _plain_error(403, TOKEN_INVALID_MESSAGE)
+        session = request.app[_SESSION]
+        url = URL.build(
+            scheme="http",
+            host=target.host,
+            port=route.port,
+            path=request.rel_url.raw_path,
+            query_string=request.rel_url.raw_query_string,
+            encoded=True,
+        )
+        headers = _upstream_headers(request, target, route)
+        try:
+            if _is_websocket_upgrade(request):
+                return await _relay_websocket(request, session, url, headers)
+            return await _relay_http(request, session, url, headers)
+        except _PortNotOpen:
+            body = {
+                "sandboxId": route.sandbox_id,
+                "message": PORT_NOT_OPEN_MESSAGE,
+                "port": route.port,
+                "code": 502,
+            }
+            return ProxyOutcome.PORT_NOT_OPEN, _json_error(502, body)
+
+
+def _addresses_the_node(request: web.Request) -> bool:
+    """A request for the node itself: no sandbox headers, Host ``localhost`` or an IP literal."""
+    if SANDBOX_ID_HEADER in request.headers or SANDBOX_PORT_HEADER in request.headers:
+        return False
+    host = (request.host or "").rsplit(":", 1)[0].strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+async def _client_session(app: web.Application) -> AsyncIterator[None]:
+    """The application's client to the VMs: no keep-alive, no cookie jar, no timeout on streams."""
+    connector = aiohttp.TCPConnector(force_close=True, limit=0)
+    async with aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=DIAL_TIMEOUT_S),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=_NO_AUTO_HEADERS,
+        max_line_size=_MAX_HEADER_BYTES,
+        max_field_size=_MAX_HEADER_BYTES,
+    ) as session:
+        app[_SESSION] = session
+        yield
+
+
+def _json_error(status: int, body: dict[str, str | int]) -> web.Response:
+    """An error answer; ``body`` keeps the key order of the original's answer."""
+    return web.Response(
+        status=status,
+        body=json.dumps(body, separators=(",", ":")).encode(),
+        content_type="application/json",
+    )
+
+
+def _plain_error(status: int, message: str) -> web.Response:
+    return _json_error(status, {"code": status, "message": message})
+
+
+def _end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """``headers`` without hop-by-hop ones, including those the Connection header names."""
+    named = {
+        token.strip().lower() for value in headers.getall("Connection", ()) for token in value.split(",")
+    }
+    kept: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered not in _HOP_BY_HOP and lowered not in named:
+            kept.add(name, value)
+    return kept
+
+
+def _upstream_headers(request: web.Request, target: ProxyTarget, route: Route) -> CIMultiDict[str]:
+    """What the VM receives: the client's end-to-end headers, Host kept unless masked.
+
+    ``Expect`` is dropped: aiohttp has already answered ``100 Continue`` to the client.
+    """
+    headers = _end_to_end(request.headers)
+    headers.popall("Expect", None)
+    if target.mask_request_host is not None and route.port != ENVD_PORT:
+        original_host = request.headers.get("Host", "")
+        headers["Host"] = target.mask_request_host.replace("${PORT}", str(route.port))
+        headers["X-Forwarded-Host"] = original_host
+    return headers
+
+
+def _is_websocket_upgrade(request: web.Request) -> bool:
+    connection = {token.strip().lower() for token in request.headers.get("Connection", "").split(",")}
+    return "upgrade" in connection and request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+async def _dial_with_retries(attempt: Callable[[], Awaitable[_T]]) -> _T:
+    """``attempt()`` until it connects: 5 tries with backoff; raises _PortNotOpen after the last.
+
+    Only a failed dial is retried (refused, unreachable, timed out): nothing was sent yet.
+    """
+    for wait_s in (*DIAL_BACKOFF_S, None):
+        try:
+            return await attempt()
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            if wait_s is None:
+                raise _PortNotOpen from exc
+            await asyncio.sleep(wait_s)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def _relay_http(
+    request: web.Request, session: aiohttp.ClientSession, url: URL, headers: CIMultiDict[str]
+) -> tuple[ProxyOutcome, web.StreamResponse]:
+    """One request to the VM; the response streams back as it arrives."""
+
+    async def attempt() -> aiohttp.ClientResponse:
+        # A fresh body reader per attempt: a failed dial never started the previous one.
+        body = _request_body(request) if request.body_exists else None
+        return await session.request(request.method, url, headers=headers, data=body, allow_redirects=False)
+
+    try:
+        upstream = await _dial_with_retries(attempt)
+    except aiohttp.ClientError as exc:
+        _log.info("upstream %s failed before answering: %s", url, exc)
+        return ProxyOutcome.UPSTREAM_FAILED, _plain_error(502, UPSTREAM_FAILED_MESSAGE)
+    async with upstream:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(_end_to_end(upstream.headers))
+        try:
+            await response.prepare(request)
+        except ConnectionError:
+            return ProxyOutcome.CLIENT_GONE, response
+        while True:
+            try:
+                chunk = await upstream.content.readany()
+            except aiohttp.ClientError as exc:
+                # The status is out: only a broken connection tells the client its body is cut short.
+                _log.info("upstream %s broke mid-response: %s", url, exc)
+                _abort(request)
+                return ProxyOutcome.UPSTREAM_FAILED, response
+            if not chunk:
+                break
+            try:
+                await response.write(chunk)
+            except ConnectionError:
+                return ProxyOutcome.CLIENT_GONE, response
+        with contextlib.suppress(ConnectionError):
+            await response.write_eof()
+        return ProxyOutcome.PROXIED, response
+
+
+async def _request_body(request: web.Request) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_any():
+        yield chunk
+
+
+def _abort(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.abort()
+
+
+async def _relay_websocket(
+    request: web.Request, session: aiohttp.ClientSession, url: URL, headers: CIMultiDict[str]
+) -> tuple[ProxyOutcome, web.StreamResponse]:
+    """Handshake with the VM first, so a refused upgrade reaches the client as the VM's status."""
+    protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+    for name in _WEBSOCKET_HANDSHAKE:
+        headers.popall(name, None)
+
+    async def attempt() -> aiohttp.ClientWebSocketResponse:
+        return await session.ws_connect(
+            url,
+            headers=headers,
+            protocols=protocols,
+            autoping=False,
+            max_msg_size=0,
+        )
+
+    try:
+        upstream = await _dial_with_retries(attempt)
+    except aiohttp.WSServerHandshakeError as exc:
+        refused = web.Response(status=exc.status)
+        if exc.headers is not None:
+            refused.headers.extend(_end_to_end(CIMultiDictProxy(CIMultiDict(exc.headers))))
+        refused.headers.popall("Content-Length", None)
+        return ProxyOutcome.PROXIED, refused
+    except aiohttp.ClientError as exc:
+        _log.info("upstream websocket %s failed: %s", url, exc)
+        return ProxyOutcome.UPSTREAM_FAILED, _plain_error(502, UPSTREAM_FAILED_MESSAGE)
+    async with upstream:
+        client = web.WebSocketResponse(
+            protocols=[upstream.protocol] if upstream.protocol else (), autoping=False, max_msg_size=0
+        )
+        try:
+            await client.prepare(request)
+        except ConnectionError:
+            return ProxyOutcome.CLIENT_GONE, client
+        to_vm = asyncio.create_task(_pump(client, upstream))
+        to_client = asyncio.create_task(_pump(upstream, client))
+        try:
+            done, _ = await asyncio.wait({to_vm, to_client}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when this handler is cancelled: no pump outlives the session
+            for task in (to_vm, to_client):
+                task.cancel()
+            await asyncio.gather(to_vm, to_client, return_exceptions=True)
+        # Whichever side closed first gives the close code to the other.
+        code = _sendable_close_code(upstream.close_code if to_client in done else client.close_code)
+        await client.close(code=code)
+        await upstream.close(code=code)
+        return ProxyOutcome.WEBSOCKET, client
+
+
+async def _pump(
+    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+) -> None:
+    """Copy messages until ``source`` closes or errs; pings and pongs pass through too."""
+    with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+        async for message in source:
+            if message.type == WSMsgType.TEXT:
+                await sink.send_str(message.data)
+            elif message.type == WSMsgType.BINARY:
+                await sink.send_bytes(message.data)
+            elif message.type == WSMsgType.PING:
+                await sink.ping(message.data)
+            elif message.type == WSMsgType.PONG:
+                await sink.pong(message.data)
+            elif message.type == WSMsgType.ERROR:
+                return
+
+
+def _sendable_close_code(code: int | None) -> int:
+    """The peer's close code, or 1000 when it sent none or one that cannot be sent on."""
+    if code is None or code in _UNSENDABLE_CLOSE_CODES:
+        return 1000
+    return code

@@ -1,0 +1,94 @@
+"""The one pause sequence, for every guest: from a running sandbox to a complete diff build.
+
+::
+
+    check     the guest's memory and disk have not failed (a damaged guest is not stored)
+    quiesce   stop the prefetcher; ``/bin/sync`` in the guest (no shell: a login shell costs
+              ~100 ms under TCG), so its page cache reaches the disk overlay
+    pause     the vCPUs stop
+    export    device state saved and the VM stopped, memory diff written (the guest's part,
+              ``Guest.snapshot_and_export``); then the rootfs overlay's diff
+    store     data objects, headers and snapfile; metadata.json last (``upload_build``)
+
+The target build was claimed before the sandbox was asked to pause (``claim_build``), so
+no other writer's objects can be mixed with these, and an existing build is never touched.
+Whatever fails, the VM does not run on afterwards: the caller tears the guest down, and
+without metadata.json the objects written so far are not a build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from ember.block import export_diff
+from ember.build import BuildArtifacts, TemplateInfo, upload_build
+from ember.header import check_can_derive
+from ember.sandbox.guest import Guest
+from ember.sandbox.records import EventSink, PauseReport, PauseSpec, SandboxEvent, scheduling_info
+from ember.storage import ROOTFS, BuildPaths, Storage
+
+SYNC_TIMEOUT_S = 60.0
+
+
+def pause_guest(
+    guest: Guest,
+    spec: PauseSpec,
+    storage: Storage,
+    scratch: Path,
+    sandbox_id: str,
+    emit: EventSink,
+) -> PauseReport:
+    """Run the sequence of the module docstring into ``spec.build_id``; the guest's VM is stopped after."""
+    started = time.monotonic()
+    guest.check()
+    check_can_derive(guest.rootfs_parent)
+    guest.stop_prefetch()
+    if spec.sync_guest and guest.envd is not None:
+        guest.envd.run_program("/bin/sync", timeout_s=SYNC_TIMEOUT_S)
+    guest.vm.pause()
+    emit(SandboxEvent(sandbox_id, "paused", "paused, exporting the diffs", {"build_id": str(spec.build_id)}))
+    scratch.mkdir(parents=True, exist_ok=True)
+    memory = guest.snapshot_and_export(spec.build_id, scratch)
+    guest.rootfs.raise_if_failed()
+    rootfs_header = export_diff(guest.rootfs.overlay, guest.rootfs_parent, spec.build_id, scratch / ROOTFS)
+    exported = time.monotonic()
+    emit(
+        SandboxEvent(
+            sandbox_id,
+            "exported",
+            "diffs exported, storing the build",
+            {"build_id": str(spec.build_id), "seconds": round(exported - started, 4)},
+        )
+    )
+    template = spec.metadata.template
+    metadata = dataclasses.replace(
+        spec.metadata,
+        template=TemplateInfo(
+            str(spec.build_id), template.kernel_version or guest.kernel_version or "", guest.vmm_version
+        ),
+    )
+    upload_build(
+        storage,
+        BuildArtifacts(
+            build_id=spec.build_id,
+            metadata=metadata,
+            rootfs_header=rootfs_header,
+            rootfs_data=scratch / ROOTFS,
+            memfile_header=memory.memfile_header,
+            memfile_data=memory.memfile_data,
+            snapfile=memory.snapfile,
+        ),
+        consume_files=True,
+    )
+    # The build is complete: its claim has done its work (a later writer is refused by metadata.json).
+    storage.delete_prefix(BuildPaths(spec.build_id).claim)
+    return PauseReport(
+        build_id=spec.build_id,
+        duration_s=time.monotonic() - started,
+        memfile_header=memory.memfile_header,
+        rootfs_header=rootfs_header,
+        scheduling=scheduling_info(spec.build_id, memory.memfile_header, rootfs_header),
+        metadata=metadata,
+    )
