@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
 from envd_agent import Agent, request, unary_json
 
-from ember.envd import EnvdClient, EnvdError
+from ember.envd import ENVD_VERSION, EnvdClient, EnvdError
 
 TOKEN = "secret-token"
 ALL_BYTES = bytes(range(256)) + b"\r\n\r\n--boundary\r\n" + bytes(range(255, -1, -1))
@@ -122,3 +125,63 @@ def test_metrics_report_memory_and_disk(agent: Agent) -> None:
     metrics = json.loads(body)
     assert status == 200
     assert metrics["mem_total"] > 0 and metrics["disk_total"] > 0 and metrics["cpu_count"] >= 1
+
+
+def test_init_answers_with_the_envd_version_even_when_it_refuses(agent: Agent) -> None:
+    status, headers, _ = request(agent.url, "/init", b"{}", {"Content-Type": "application/json"})
+    assert (status, headers["X-Envd-Version"]) == (204, ENVD_VERSION)
+    status, headers, _ = request(agent.url, "/init", b"[", {"Content-Type": "application/json"})
+    assert (status, headers["X-Envd-Version"]) == (400, ENVD_VERSION)
+    assert "X-Envd-Version" not in request(agent.url, "/health", method="GET")[1]
+
+
+def test_client_metrics_parse_the_guest_figures(agent: Agent) -> None:
+    agent.client().init(access_token=TOKEN)
+    with pytest.raises(EnvdError) as caught:
+        agent.client().metrics()
+    assert caught.value.code == "unauthenticated"
+    metrics = agent.client(access_token=TOKEN).metrics()
+    assert metrics.cpu_count == os.cpu_count()
+    assert 0 < metrics.mem_used < metrics.mem_total and 0 < metrics.disk_used <= metrics.disk_total
+    assert abs(metrics.timestamp.timestamp() - time.time()) < 10
+
+
+def test_metadata_headers_are_stored_as_user_e2b_xattrs(agent: Agent) -> None:
+    target = agent.home / "m.txt"
+    headers = {"Content-Type": "application/octet-stream", "X-Metadata-Owner-Team": "Core"}
+    status, _, body = request(agent.url, f"/files?path={target}", b"data", headers)
+    assert status == 200
+    assert json.loads(body)[0]["metadata"] == {"owner-team": "Core"}
+    assert os.getxattr(target, "user.e2b.owner-team") == b"Core"
+    os.setxattr(target, "user.other", b"kept")
+    status, _, body = request(
+        agent.url, f"/files?path={target}", b"new", dict(headers, **{"X-Metadata-A": "1"})
+    )
+    assert json.loads(body)[0]["metadata"] == {"owner-team": "Core", "a": "1"}
+    request(agent.url, f"/files?path={target}", b"new", {"Content-Type": "application/octet-stream"})
+    assert os.listxattr(target) == ["user.other"]
+
+
+def test_metadata_with_a_key_that_is_no_xattr_name_is_refused(agent: Agent) -> None:
+    target = agent.home / "bad.txt"
+    headers = {"Content-Type": "application/octet-stream", "X-Metadata-" + "k" * 300: "v"}
+    status, _, body = request(agent.url, f"/files?path={target}", b"data", headers)
+    assert (status, json.loads(body)["code"]) == (400, 400)
+    assert "invalid metadata" in json.loads(body)["message"]
+    assert not target.exists()
+
+
+def test_downloads_are_gzipped_only_when_asked(agent: Agent) -> None:
+    target = agent.home / "g.txt"
+    target.write_bytes(b"gzip me " * 1000)
+    status, headers, body = request(agent.url, f"/files?path={target}", method="GET")
+    assert (status, headers.get("Content-Encoding"), body) == (200, None, target.read_bytes())
+    status, headers, body = request(
+        agent.url, f"/files?path={target}", method="GET", headers={"Accept-Encoding": "gzip, deflate, zstd"}
+    )
+    assert (status, headers["Content-Encoding"]) == (200, "gzip")
+    assert gzip.decompress(body) == target.read_bytes()
+    status, _, body = request(
+        agent.url, f"/files?path={target}", method="GET", headers={"Accept-Encoding": "br, identity;q=0"}
+    )
+    assert (status, json.loads(body)["code"]) == (400, 400)

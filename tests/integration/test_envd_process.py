@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from envd_agent import Agent, envelopes, request, stream_json
+from envd_agent import Agent, envelopes, request, stream_json, unary_json
 
 from ember.envd import EnvdClient, EnvdError
 
@@ -138,3 +140,93 @@ def test_stream_input_feeds_stdin_in_order(agent: Agent, client: EnvdClient) -> 
     assert [flags for flags, _ in envelopes(reply)] == [0, 2]
     handle.close_stdin()
     assert handle.wait().stdout == b"ab"
+
+
+def _pty_start(agent: Agent, script: str, size: dict[str, int] | None = None) -> tuple[list[Any], Any]:
+    request: dict[str, Any] = {"process": {"cmd": "/bin/sh", "args": ["-c", script]}, "pty": {}}
+    if size is not None:
+        request["pty"]["size"] = size
+    messages, trailer = stream_json(agent.url, "process.Process/Start", request)
+    return [message["event"] for message in messages], trailer
+
+
+def _pty_output(events: list[Any]) -> bytes:
+    return b"".join(base64.b64decode(event["data"]["pty"]) for event in events if "data" in event)
+
+
+def test_a_pty_process_is_a_session_leader_with_the_pty_as_controlling_terminal(agent: Agent) -> None:
+    script = (
+        'stty size; echo "$TERM"; [ "$(cut -d" " -f6 /proc/$$/stat)" = $$ ] && echo leader; '
+        ": </dev/tty && echo ctty; exit 4"
+    )
+    events, trailer = _pty_start(agent, script, {"rows": 5, "cols": 7})
+    assert trailer == {}
+    assert all("stdout" not in event.get("data", {}) for event in events)
+    assert _pty_output(events) == b"5 7\r\nxterm-256color\r\nleader\r\nctty\r\n"
+    assert events[-1]["end"] == {"exitCode": 4, "exited": True, "status": "exit status 4"}
+
+
+def test_a_pty_without_a_size_gets_24_by_80(agent: Agent) -> None:
+    events, _ = _pty_start(agent, "stty size")
+    assert _pty_output(events) == b"24 80\r\n"
+
+
+def test_a_pty_size_beyond_16_bits_is_invalid(agent: Agent) -> None:
+    events, trailer = _pty_start(agent, "true", {"rows": 70_000, "cols": 80})
+    assert events == []
+    assert trailer["error"]["code"] == "invalid_argument"
+
+
+def test_input_of_the_wrong_kind_is_a_failed_precondition(agent: Agent, client: EnvdClient) -> None:
+    piped = client.start("sleep 30", stdin=True)
+    try:
+        status, error = unary_json(
+            agent.url, "process.Process/Update", {"process": {"pid": piped.pid}, "pty": {"size": {"rows": 1}}}
+        )
+        assert (status, error["code"]) == (400, "failed_precondition")
+        assert "has no pty" in error["message"]
+        pty_input = {"process": {"pid": piped.pid}, "input": {"pty": base64.b64encode(b"x").decode()}}
+        status, error = unary_json(agent.url, "process.Process/SendInput", pty_input)
+        assert (status, error["code"]) == (400, "failed_precondition")
+    finally:
+        piped.kill()
+        piped.wait()
+
+
+SILENT_RAW = "stty raw -echo; exec sleep 30"  # raw mode: a full input queue blocks the writer
+
+
+def test_a_pty_whose_program_never_reads_still_ends_when_killed(agent: Agent, client: EnvdClient) -> None:
+    started: list[Any] = []
+    starter = threading.Thread(target=lambda: started.append(_pty_start(agent, SILENT_RAW)), daemon=True)
+    starter.start()
+    deadline = time.monotonic() + 10
+    while not (pids := [p.pid for p in client.list_processes() if p.args == ("-c", SILENT_RAW)]):
+        assert time.monotonic() < deadline, "the pty process did not appear"
+        time.sleep(0.02)
+    flood = {"process": {"pid": pids[0]}, "input": {"pty": base64.b64encode(b"x" * (1 << 20)).decode()}}
+    typed: list[tuple[int, Any]] = []
+    typist = threading.Thread(
+        target=lambda: typed.append(unary_json(agent.url, "process.Process/SendInput", flood))
+    )
+    typist.start()
+    time.sleep(0.3)
+    assert typist.is_alive(), "1 MiB of input was taken by a program that reads none"
+    status, _ = unary_json(
+        agent.url, "process.Process/SendSignal", {"process": {"pid": pids[0]}, "signal": 9}
+    )
+    assert status == 200
+    starter.join(10)
+    typist.join(10)
+    assert not starter.is_alive() and not typist.is_alive()
+    events, _ = started[0]
+    assert events[-1]["end"]["status"] == "signal: killed"
+    assert typed[0][0] == 400 and typed[0][1]["code"] == "failed_precondition"
+
+
+def test_a_pty_ends_soon_after_its_process_though_a_background_child_holds_the_terminal(agent: Agent) -> None:
+    began = time.monotonic()
+    events, _ = _pty_start(agent, "sleep 5 & echo started-bg; exit 6")
+    assert time.monotonic() - began < 4, "the end waited for the background child"
+    assert _pty_output(events) == b"started-bg\r\n"
+    assert events[-1]["end"]["exitCode"] == 6

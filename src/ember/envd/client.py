@@ -26,7 +26,7 @@ from urllib.parse import urlencode, urlsplit
 
 from ember.envd.agent.codec import Message
 from ember.envd.agent.connect import ENVELOPE_HEADER, FLAG_END_STREAM, Encoding, RpcError, envelope
-from ember.envd.records import EntryInfo, ProcessInfo, ProcessResult
+from ember.envd.records import EntryInfo, GuestMetrics, ProcessInfo, ProcessResult
 from ember.errors import EmberError
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -290,6 +290,17 @@ class EnvdClient:
         _check_http("envs", status, reply)
         result: dict[str, str] = json.loads(reply)
         return result
+
+    def metrics(self) -> GuestMetrics:
+        """The guest's CPU, memory and disk figures (``GET /metrics``, what ``get_metrics`` reports)."""
+        status, reply = self._exchange("GET", "/metrics", headers=self._headers(), operation="metrics")
+        _check_http("metrics", status, reply)
+        try:
+            return GuestMetrics.from_json(json.loads(reply))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise EnvdError(
+                "metrics", "internal", f"envd sent metrics that are not a JSON object: {exc}"
+            ) from exc
 
     def write_file(self, path: str, data: bytes, user: str = "root") -> None:
         """Upload ``data`` to ``path`` (multipart, parents created, replaced if present)."""

@@ -85,3 +85,30 @@ class ProcessResult:
     stderr: bytes
     status: str = ""
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class GuestMetrics:
+    """One sample of envd's ``GET /metrics``: the guest's own view of its CPU, memory and root disk."""
+
+    timestamp: dt.datetime
+    cpu_count: int
+    cpu_used_pct: float
+    mem_total: int
+    mem_used: int
+    mem_cache: int
+    disk_used: int
+    disk_total: int
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> GuestMetrics:
+        return cls(
+            timestamp=dt.datetime.fromtimestamp(int(value.get("ts", 0)), tz=dt.UTC),
+            cpu_count=int(value.get("cpu_count", 0)),
+            cpu_used_pct=float(value.get("cpu_used_pct", 0.0)),
+            mem_total=int(value.get("mem_total", 0)),
+            mem_used=int(value.get("mem_used", 0)),
+            mem_cache=int(value.get("mem_cache", 0)),
+            disk_used=int(value.get("disk_used", 0)),
+            disk_total=int(value.get("disk_total", 0)),
+        )

@@ -273,6 +273,11 @@ def _run(argv: list[str], action: str, cwd: Path | None = None) -> str:
         ) from exc
     if done.returncode != 0:
         detail = (done.stderr.strip() or done.stdout.strip()).splitlines()
+        if any("No space left on device" in line for line in detail):
+            raise GuestError(
+                f"cannot {action}: the disk is full ({detail[-1]}); free space under "
+                f"{cwd or cache_dir()} (EMBER_CACHE_DIR, HOST_KERNELS_DIR) and retry"
+            )
         raise GuestError(
             f"cannot {action}: `{' '.join(argv)}` exited {done.returncode}: "
             f"{detail[-1] if detail else 'no output'}; run `apt-get update` and check network access"

@@ -75,6 +75,7 @@ class TrafficCounters:
         self.base_reads = self.base_read_bytes = self.base_read_retries = 0
         self.writes = self.written_bytes = 0
         self.failure: str | None = None
+        self.failures = 0
 
     def stats(self, recorder: AccessRecorder) -> LazyMemoryStats:
         with self.lock:
@@ -89,11 +90,18 @@ class TrafficCounters:
             pages_reread=recorder.pages_reread,
         )
 
-    def fail(self, message: str) -> None:
-        """Keep the first storage failure: the one that explains the rest."""
+    def fail(self, message: str) -> bool:
+        """Keep the first failure, the one that explains the rest; whether this was it.
+
+        Only the first is logged: a full disk fails every later write too, and hundreds of
+        identical lines would bury the one that says what happened.
+        """
         with self.lock:
+            self.failures += 1
             if self.failure is None:
                 self.failure = message
+                return True
+            return False
 
 
 class CountingDevice:
@@ -201,8 +209,8 @@ class MemoryFileSystem:
         try:
             filled = self._overlay.readinto(buffer[:length], offset)
         except EmberError as exc:
-            _log.error("memory file read of %d bytes at %d failed: %s", length, offset, exc)
-            self._counters.fail(f"reading {length} bytes at offset {offset} failed: {exc}")
+            if self._counters.fail(f"reading {length} bytes at offset {offset} failed: {exc}"):
+                _log.error("memory file read of %d bytes at %d failed: %s", length, offset, exc)
             raise OSError(errno.EIO, str(exc)) from exc
         with self._counters.lock:
             self._counters.reads += 1
@@ -217,9 +225,9 @@ class MemoryFileSystem:
         try:
             self._overlay.write_at(data, offset)
         except EmberError as exc:
-            _log.error("memory file write of %d bytes at %d failed: %s", len(data), offset, exc)
-            self._counters.fail(f"writing {len(data)} bytes at offset {offset} failed: {exc}")
-            raise OSError(errno.EIO, str(exc)) from exc
+            if self._counters.fail(f"writing {len(data)} bytes at offset {offset} failed: {exc}"):
+                _log.error("memory file write of %d bytes at %d failed: %s", len(data), offset, exc)
+            raise OSError(_errno_of(exc), str(exc)) from exc
         with self._counters.lock:
             self._counters.writes += 1
             self._counters.written_bytes += len(data)
@@ -244,6 +252,14 @@ class MemoryFileSystem:
     def _require_file(self, path: str) -> None:
         if path != self._file:
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+
+
+def _errno_of(exc: BaseException) -> int:
+    """ENOSPC when the overlay's disk is full (the cause of the ember error), else EIO."""
+    cause = exc.__cause__
+    if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        return cause.errno
+    return errno.EIO
 
 
 def _restore_default_signals() -> None:

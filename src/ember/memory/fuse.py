@@ -322,8 +322,13 @@ class LazyMemory:
         self._prefetch_threads.discard(thread_id)
 
     def raise_if_failed(self) -> None:
-        """Raise ``LazyMemoryError`` if a read of the build failed for good (the guest got an error)."""
+        """Raise ``LazyMemoryError`` if a read of the build or a write of the overlay failed for good."""
         failure = self._counters.failure
+        if failure is not None and failure.startswith("writing"):
+            raise LazyMemoryError(
+                f"guest memory could not be kept ({failure}; {self._counters.failures} failed requests): "
+                f"free space under {self.mount_dir.parent} and start the sandbox again"
+            )
         if failure is not None:
             raise LazyMemoryError(
                 f"guest memory could not be read from storage ({failure}); check that the storage "

@@ -3,10 +3,12 @@
 ::
 
     main thread        waits for SIGTERM / SIGINT, then stops everything in order
-    gRPC server        :GRPC_PORT (5008)  SandboxService, InfoService, grpc.health.v1.Health
+    gRPC server        :GRPC_PORT (5008)  SandboxService, InfoService, TemplateService,
+                                          grpc.health.v1.Health
                        (a thread pool; each call drives the node's library objects)
     asyncio thread     :PROXY_PORT (5007) the node sandbox proxy; the node's own pages
-                       /health and /metrics answer requests that name no sandbox
+                       /health, /metrics and /upload (template files) answer requests
+                       that name no sandbox
     Node               storage, slots, sandbox processes (one per sandbox), build cache, monitor
 
 Start: the node reclaims what a killed predecessor left (its QEMUs, slots, FUSE mounts,
@@ -37,7 +39,8 @@ from ember.orchestrator.proxy import DEFAULT_PORT as DEFAULT_PROXY_PORT
 from ember.orchestrator.proxy import NodeProxy, ProxyTarget
 from ember.orchestrator.service import InfoService, SandboxService
 from ember.orchestrator.telemetry import Metrics, log_event
-from ember.rpc import info_pb2_grpc, orchestrator_pb2_grpc
+from ember.orchestrator.templates import TemplateService
+from ember.rpc import info_pb2_grpc, orchestrator_pb2_grpc, template_manager_pb2_grpc
 from ember.sandbox import Node, SandboxEvent, SandboxStateError, UsageReport
 
 _log = logging.getLogger(__name__)
@@ -61,6 +64,8 @@ class DaemonConfig:
     max_starting: int = MAX_STARTING
     idle_workers: int = 2
     warm_slots: int = 2
+    public_url: str = ""
+    """How clients reach this node's proxy port (template file uploads); default from ``listen``."""
 
 
 class _Directory:
@@ -166,6 +171,8 @@ class Daemon:
         info_pb2_grpc.add_InfoServiceServicer_to_server(
             InfoService(manager, self.metrics, self.node_id), server
         )
+        self.templates = TemplateService(manager.node, self._public_url)
+        template_manager_pb2_grpc.add_TemplateServiceServicer_to_server(self.templates, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         try:
             port = server.add_insecure_port(f"{self.config.listen}:{self.config.grpc_port}")
@@ -181,7 +188,7 @@ class Daemon:
         server.start()
         self._server = server
         self.grpc_address = (self.config.listen, port)
-        for service in ("", "SandboxService", "InfoService"):
+        for service in ("", "SandboxService", "InfoService", "TemplateService"):
             self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     def _start_proxy(self, manager: SandboxManager) -> None:
@@ -192,7 +199,11 @@ class Daemon:
         proxy = NodeProxy(
             _Directory(manager),
             self.config.domain,
-            node_routes={"/health": self._health_page, "/metrics": self._metrics_page},
+            node_routes={
+                "/health": self._health_page,
+                "/metrics": self._metrics_page,
+                "/upload": self._upload,
+            },
         )
         self._proxy = proxy
         started = asyncio.run_coroutine_threadsafe(
@@ -203,12 +214,22 @@ class Daemon:
         except Exception as exc:
             raise UsageError(f"{exc}; set PROXY_PORT or -proxy-port") from exc
 
-    async def _health_page(self) -> web.Response:
+    def _public_url(self) -> str:
+        if self.config.public_url:
+            return self.config.public_url.rstrip("/")
+        host = self.config.listen if self.config.listen not in ("0.0.0.0", "::") else socket.gethostname()
+        port = self.proxy_address[1] if self.proxy_address is not None else self.config.proxy_port
+        return f"http://{host}:{port}"
+
+    async def _upload(self, request: web.Request) -> web.StreamResponse:
+        return await self.templates.upload(request)
+
+    async def _health_page(self, request: web.Request) -> web.StreamResponse:
         if self._stopping.is_set():
             return web.json_response({"status": "stopping"}, status=503)
         return web.json_response({"status": "healthy", "node_id": self.node_id})
 
-    async def _metrics_page(self) -> web.Response:
+    async def _metrics_page(self, request: web.Request) -> web.StreamResponse:
         body = await asyncio.to_thread(self.metrics.render)
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 

@@ -135,8 +135,8 @@ class SandboxDirectory(Protocol):
     def lookup(self, sandbox_id: str) -> ProxyTarget | None: ...
 
 
-NodeRoute = Callable[[], Awaitable[web.Response]]
-"""One of the node's own pages: answers a GET with a response, no request needed."""
+NodeRoute = Callable[[web.Request], Awaitable[web.StreamResponse]]
+"""One of the node's own pages (``/health``, ``/metrics``, uploads): a handler of the request."""
 
 
 class ProxyOutcome(enum.Enum):
@@ -199,8 +199,9 @@ class NodeProxy:
         domain: str | None,
         node_routes: Mapping[str, NodeRoute] | None = None,
     ) -> None:
-        """``node_routes`` are the node's own pages (``/health``, ``/metrics``), served only to a
-        request that names no sandbox (Host ``localhost`` or an IP literal, no sandbox headers)."""
+        """``node_routes`` are the node's own pages by path prefix (``/health``, ``/upload``), served
+        only to a request that names no sandbox (Host ``localhost`` or an IP literal, no sandbox
+        headers)."""
         self._directory = directory
         self._domain = domain
         self._node_routes = dict(node_routes or {})
@@ -254,6 +255,12 @@ class NodeProxy:
         if runner is not None:
             await runner.cleanup()
 
+    def _node_page(self, path: str) -> NodeRoute | None:
+        for prefix, page in self._node_routes.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return page
+        return None
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.counters.requests += 1
         try:
@@ -268,9 +275,9 @@ class NodeProxy:
         try:
             route = route_request(request.host, request.headers, self._domain)
         except RouteError as exc:
-            page = self._node_routes.get(request.path)
+            page = self._node_page(request.path)
             if page is not None and _addresses_the_node(request):
-                return ProxyOutcome.NODE_PAGE, await page()
+                return ProxyOutcome.NODE_PAGE, await page(request)
             return ProxyOutcome.INVALID_ROUTE, _plain_error(400, exc.message)
         raw_path = request.rel_url.raw_path
         if is_envd_control_route(route, raw_path):

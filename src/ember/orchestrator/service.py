@@ -279,7 +279,7 @@ class InfoService(info_pb2_grpc.InfoServiceServicer):
             service_version=SERVICE_VERSION,
             service_commit=self.commit,
             service_status=self.status,
-            service_roles=[info_pb2.Orchestrator],
+            service_roles=[info_pb2.Orchestrator, info_pb2.TemplateBuilder],
             service_startup=_stamp(self.started),
             machine_info=info_pb2.MachineInfo(
                 cpu_architecture=machine.cpu_architecture,

@@ -161,11 +161,7 @@ def _build(node: Node, options: CreateOptions, phases: _Phases) -> CreateReport:
         sandbox = Sandbox.boot(node, boot)
     with sandbox:
         with phases.phase("start"):
-            start = _StartCommand(sandbox.envd, options.start_cmd, node) if options.start_cmd else None
-            if options.ready_cmd:
-                _wait_ready(sandbox.envd, options, start, node)
-            elif start is not None:
-                start.check()
+            start_and_wait_ready(sandbox.envd, options.start_cmd, options.ready_cmd, options.timeout_s, node)
             sandbox.check()
         with phases.phase("pause"):
             result = sandbox.pause(options.to_build, claimed=True)
@@ -217,13 +213,46 @@ def _progress(node: Node) -> Callable[[str], None]:
     return say
 
 
+@dataclass(frozen=True)
+class CommandContext:
+    """Who runs a template's commands, where, with which environment (its metadata's context)."""
+
+    user: str = "root"
+    cwd: str | None = None
+    envs: dict[str, str] = field(default_factory=dict)
+
+
+def start_and_wait_ready(
+    client: EnvdClient,
+    start_cmd: str,
+    ready_cmd: str,
+    timeout_s: float,
+    node: Node,
+    context: CommandContext | None = None,
+) -> None:
+    """The start command left running, then the ready command until it succeeds (a template's last phase).
+
+    A start command that exits with an error before the ready command succeeds fails it at
+    once, with its last lines of output; a ready command that never succeeds fails it after
+    ``timeout_s`` with its own.
+    """
+    context = context or CommandContext()
+    start = _StartCommand(client, start_cmd, node, context) if start_cmd else None
+    if ready_cmd:
+        _wait_ready(client, ready_cmd, timeout_s, start, node, context)
+    elif start is not None:
+        start.check()
+
+
 class _StartCommand:
     """The template's start command, left running; a watcher notices if it fails before ready."""
 
-    def __init__(self, client: EnvdClient, cmd: str, node: Node) -> None:
+    def __init__(self, client: EnvdClient, cmd: str, node: Node, context: CommandContext) -> None:
         node.emit(SandboxEvent(CREATOR, "start-command", f"start command: {cmd}"))
         self.cmd = cmd
-        self._handle = client.start(cmd, timeout_s=24 * 3600)
+        self._handle = client.start(
+            cmd, user=context.user, cwd=context.cwd, envs=context.envs, timeout_s=24 * 3600
+        )
         self._result: ProcessResult | None = None
         self._watcher = threading.Thread(target=self._watch, name="start-cmd", daemon=True)
         self._watcher.start()
@@ -242,14 +271,23 @@ class _StartCommand:
             )
 
 
-def _wait_ready(client: EnvdClient, options: CreateOptions, start: _StartCommand | None, node: Node) -> None:
-    node.emit(SandboxEvent(CREATOR, "ready-command", f"waiting for ready command: {options.ready_cmd}"))
-    deadline = time.monotonic() + options.timeout_s
+def _wait_ready(
+    client: EnvdClient,
+    ready_cmd: str,
+    timeout_s: float,
+    start: _StartCommand | None,
+    node: Node,
+    context: CommandContext,
+) -> None:
+    node.emit(SandboxEvent(CREATOR, "ready-command", f"waiting for ready command: {ready_cmd}"))
+    deadline = time.monotonic() + timeout_s
     attempts = 0
     while True:
         attempts += 1
         remaining = max(1.0, deadline - time.monotonic())
-        result = client.run(options.ready_cmd, timeout_s=min(30.0, remaining))
+        result = client.run(
+            ready_cmd, user=context.user, cwd=context.cwd, envs=context.envs, timeout_s=min(30.0, remaining)
+        )
         if result.exit_code == 0:
             node.emit(
                 SandboxEvent(CREATOR, "ready", f"ready after {attempts} check(s)", {"attempts": attempts})
@@ -260,7 +298,7 @@ def _wait_ready(client: EnvdClient, options: CreateOptions, start: _StartCommand
         if time.monotonic() >= deadline:
             tail = (result.stderr or result.stdout).decode(errors="replace").strip().splitlines()[-2:]
             raise BuildError(
-                f"ready command {options.ready_cmd!r} did not succeed within {options.timeout_s / 60:g} min "
+                f"ready command {ready_cmd!r} did not succeed within {timeout_s / 60:g} min "
                 f"({attempts} checks, last exit code {result.exit_code}: {' / '.join(tail) or 'no output'}); "
                 "fix the command or raise the timeout"
             )

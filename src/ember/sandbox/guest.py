@@ -33,7 +33,14 @@ from ember.envd.agent.state import NO_TOKEN_HASH
 from ember.envd.client import EnvdClient
 from ember.environment import Environment
 from ember.errors import BuildError, EmberError, GuestError, VmError
-from ember.guest import ENVD_PORT, GuestKernel, build_initramfs, open_kernel, provision_kernel
+from ember.guest import (
+    ENVD_PORT,
+    GuestKernel,
+    build_initramfs,
+    open_kernel,
+    provision_kernel,
+    resolve_vmlinux,
+)
 from ember.header import HUGEPAGE_SIZE, NIL_UUID, PAGE_SIZE, Header, check_can_derive, empty_device_header
 from ember.memory import LazyMemory, LazyMemoryError, Prefetcher, coalesce, export_memory, export_memory_diff
 from ember.memory.hugepages import hugetlbfs
@@ -140,6 +147,8 @@ def _init_envd(guest: Guest, client: EnvdClient, spec: ResumeSpec | BootSpec, ti
         guest.check,
         access_token=spec.identity.access_token,
         env_vars=dict(spec.identity.env_vars),
+        default_user=spec.identity.default_user,
+        default_workdir=spec.identity.default_workdir,
     )
 
 
@@ -400,13 +409,25 @@ class FirecrackerGuest:
             )
             links = {"rootfs.ext4": device.path}
             kernel = build.metadata.template.kernel_version
+            # A restore never boots the kernel, so the link is kept only where the snapshot's
+            # path can point somewhere: the seed's {kernel}/{arch}/vmlinux.bin, never provisioned.
             with contextlib.suppress(GuestError):
-                links[f"{kernel}/vmlinux.bin"] = kernel_for(env, kernel).vmlinux_path
+                links[f"{kernel}/vmlinux.bin"] = resolve_vmlinux(
+                    env.host_kernels_dir, kernel, env.target_arch
+                )
             prepared = time.monotonic()
             snapshot = VmSnapshot(build.snapfile, guest.work_dir / "unused.mem", memfile.size)
+            # Firecracker's API socket lives in its run directory, and a work_dir path can pass
+            # the 108-byte cap of a unix socket path: the run directory is reached through a
+            # link in the (short) socket directory, its files stay in work_dir.
+            run_dir = guest.work_dir / "vm"
+            run_dir.mkdir(exist_ok=True)
+            short_run_dir = spec.workspace.socket_dir / "vm"
+            short_run_dir.unlink(missing_ok=True)
+            short_run_dir.symlink_to(run_dir)
             guest.vm = FirecrackerVm.restore(
                 snapshot,
-                guest.work_dir / "vm",
+                short_run_dir,
                 binary=binary,
                 netns=slot.namespace,
                 memory_backend=MemoryBackend(MemoryBackendType.UFFD, guest.server.socket_path),

@@ -67,6 +67,8 @@ class GuestIdentity:
 
     access_token: str
     env_vars: Mapping[str, str] = field(default_factory=dict)
+    default_user: str | None = None
+    default_workdir: str | None = None
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,10 @@ def open_read_storage(url: str, env: Environment) -> Storage:
     """The storage at ``url`` as a node reads it: remote stores behind the node's chunk cache."""
     storage = open_storage(url)
     if isinstance(storage, LocalStorage):
-        if storage.root.exists() and not storage.root.is_dir():
-            raise BuildError(f"-storage {url}: {storage.root} is a file, not a directory of builds")
+        # The store's root may not exist yet (<storage>/templates), but no part of its path may be a file.
+        existing = next((path for path in (storage.root, *storage.root.parents) if path.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise BuildError(f"-storage {url}: {existing} is a file, not a directory of builds")
         return storage
     try:
         env.snapshot_cache_dir.mkdir(parents=True, exist_ok=True)

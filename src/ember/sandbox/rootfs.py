@@ -78,7 +78,9 @@ class WatchedDisk:
             self.failures += 1
             if self.failure is None:
                 self.failure = f"{what} of the sandbox's disk failed: {exc}"
-                _log.error("%s", self.failure)
+                # Not an error line: ``raise_if_failed`` makes it the sandbox's failure, which
+                # its owner reports once (a full disk must not print the same cause twice).
+                _log.info("%s", self.failure)
             raise
 
 

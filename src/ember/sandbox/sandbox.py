@@ -175,7 +175,13 @@ class Sandbox:
     def resume(cls, node: Node, options: ResumeOptions) -> Sandbox:
         """Resume ``options.build_id`` (RUNNING when this returns); raises the reason it could not."""
         build = node.build_info(options.build_id)
-        identity = GuestIdentity(options.access_token or new_access_token(), dict(options.env_vars))
+        context = build.metadata.context
+        identity = GuestIdentity(
+            options.access_token or new_access_token(),
+            {**context.env_vars, **options.env_vars},
+            default_user=context.user or None,
+            default_workdir=context.workdir or None,
+        )
         template = build.metadata.template
         child = build.metadata.same_version_template(TemplateInfo("", template.kernel_version, ""))
         sandbox = cls(node, options.sandbox_id or new_sandbox_id(), identity, child, build.build_id)
@@ -245,6 +251,11 @@ class Sandbox:
         )
 
     # -- state -------------------------------------------------------------------------------
+
+    @property
+    def metadata(self) -> TemplateMetadata:
+        """What a pause of this sandbox records in the child's metadata.json (VMM version aside)."""
+        return self._child_metadata
 
     @property
     def state(self) -> SandboxState:
@@ -331,11 +342,15 @@ class Sandbox:
 
     # -- ending ------------------------------------------------------------------------------
 
-    def pause(self, to_build: uuid.UUID, *, claimed: bool = False) -> PauseResult:
+    def pause(
+        self, to_build: uuid.UUID, *, claimed: bool = False, metadata: TemplateMetadata | None = None
+    ) -> PauseResult:
         """Snapshot into the new build ``to_build`` and end the sandbox (PAUSED).
 
         ``claimed`` says the caller already claimed ``to_build`` (``Node.claim``), as a
         command that checks its target before it resumes does; else it is claimed here.
+        ``metadata`` replaces what the child build records (a template build's context and
+        start commands); by default it is the parent's, as the original's pause keeps it.
         """
         with self._lock:
             self._require("pause", SandboxState.RUNNING)
@@ -345,7 +360,7 @@ class Sandbox:
             self._set(SandboxState.PAUSING)
             try:
                 report: PauseReport = self._worker.call(
-                    "pause", PauseSpec(to_build, self._child_metadata), on_event=self.node.emit
+                    "pause", PauseSpec(to_build, metadata or self._child_metadata), on_event=self.node.emit
                 )
             except BaseException as exc:
                 self._fail(exc)

@@ -27,7 +27,7 @@ from ember.errors import EmberError
 from ember.network import EgressPolicy, Slot, SlotConfig, SlotPool, update_egress
 from ember.network.egress import DEFAULT_EGRESS
 from ember.sandbox.errors import SandboxError, SandboxGone
-from ember.sandbox.worker import become_child_of_node, fork_context, rebuild_error
+from ember.sandbox.worker import become_child_of_node, fork_context, rebuild_error, start_process
 
 _log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class SlotKeeper:
         self._process = context.Process(
             target=_keep, args=(theirs, config, owners_dir, warm, log_level), name="ember-slots", daemon=True
         )
-        self._process.start()
+        start_process(self._process)
         theirs.close()
         self._ids = itertools.count(1)
         self._pending: dict[int, Future[Any]] = {}

@@ -42,7 +42,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -62,6 +63,7 @@ START_TIMEOUT_S = 60.0
 TERMINATE_TIMEOUT_S = 20.0
 _CONTEXT_LOCK = threading.Lock()
 _CONTEXT: Any = None
+_MAIN_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ def _serve(conn: Connection, setup: WorkerSetup) -> None:
         _answer(conn, runtime)
     except EmberError as exc:
         _send_error(conn, exc)
-    except (_Terminated, EOFError, BrokenPipeError):
+    except (_Terminated, EOFError, ConnectionError):  # the owner went away (a reset pipe too)
         pass
     finally:
         if runtime is not None:
@@ -205,6 +207,30 @@ def rebuild_error(module: str, name: str, message: str) -> EmberError:
     return error
 
 
+@contextlib.contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Start a process without making it import the owner's ``__main__``.
+
+    multiprocessing runs the parent's main module again in every child it starts (by path
+    for a script), so a script that makes a ``Node`` at top level would make another in every
+    sandbox process. Sandbox processes need nothing from ``__main__``: while one is started,
+    ``__main__`` is a bare module that names no file.
+    """
+    with _MAIN_LOCK:
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            sys.modules["__main__"] = main
+
+
+def start_process(process: Any) -> None:
+    """``process.start()`` for the node's processes (sandbox processes, the slot keeper)."""
+    with _main_hidden():
+        process.start()
+
+
 def fork_context() -> Any:
     """The fork server context, set up once per owner process with the node's modules preloaded."""
     global _CONTEXT
@@ -230,7 +256,7 @@ class WorkerClient:
         context = fork_context()
         ours, theirs = context.Pipe()
         process = context.Process(target=_serve, args=(theirs, setup), name="ember-sandbox", daemon=True)
-        process.start()
+        start_process(process)
         theirs.close()
         client = cls(process, ours)
         client._receive(None, START_TIMEOUT_S, "start")
@@ -380,3 +406,7 @@ class WorkerPool:
             self._lock.notify_all()
         for worker in ready:
             worker.terminate()
+        # A process still being started is the filler's: it ends it on seeing the pool closed.
+        # Not waiting would let the owner exit with that process's pipe half read.
+        if self._filler.is_alive():
+            self._filler.join(START_TIMEOUT_S + TERMINATE_TIMEOUT_S)

@@ -46,3 +46,24 @@ def test_gzip_content_encoding_is_undone() -> None:
 
 def test_reply_chunks_frame_their_length_in_hex() -> None:
     assert httpio.chunk(b"x" * 26) == b"1a\r\n" + b"x" * 26 + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    ("accept", "coding"),
+    [
+        ("", ""),
+        ("identity", ""),
+        ("gzip", "gzip"),
+        ("gzip, deflate, zstd", "gzip"),
+        ("GZIP;q=0.5, identity;q=0.9", ""),
+        ("identity;q=0.1, gzip;q=0.8", "gzip"),
+        ("gzip;q=0", ""),
+        ("br, zstd", ""),
+        ("*", ""),
+        ("*, identity;q=0", "gzip"),
+        ("br, identity;q=0", None),
+        ("gzip;q=bad", "gzip"),
+    ],
+)
+def test_negotiate_encoding_picks_gzip_only_when_preferred(accept: str, coding: str | None) -> None:
+    assert httpio.negotiate_encoding(accept) == coding

@@ -9,7 +9,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from ember.envd import build_agent
+from ember.envd import ENVD_VERSION, build_agent
 from ember.envd.bundle import ARCHIVE_PACKAGE
 
 AGENT_DIR = Path(__file__).parents[3] / "src" / "ember" / "envd" / "agent"
@@ -51,6 +51,13 @@ def test_bundle_runs_and_answers_help(tmp_path: Path) -> None:
         [sys.executable, str(bundle), "--help"], capture_output=True, text=True, check=True
     )
     assert "--port" in result.stdout
+
+
+def test_bundle_prints_the_version_the_control_plane_reports(tmp_path: Path) -> None:
+    bundle = build_agent(tmp_path / "envd")
+    for flag in ("--version", "-version"):
+        result = subprocess.run([str(bundle), flag], capture_output=True, text=True, check=True)
+        assert result.stdout.strip() == ENVD_VERSION
 
 
 def test_agent_imports_only_the_standard_library_and_itself() -> None:

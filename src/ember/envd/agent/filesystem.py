@@ -8,6 +8,14 @@ Every function takes an absolute path (``state.resolve_path`` made it so) and ra
 A symlink is described by its target's type with ``is_symlink`` set and
 ``symlink_target`` holding the resolved path, as the current envd does; a dangling one
 has type ``FILE_TYPE_SYMLINK``.
+
+File metadata (envd 0.6.2) is a file's ``user.e2b.<key>`` extended attributes: uploads
+replace the whole set (``write_metadata``), and every EntryInfo carries it, prefix
+stripped, in ``metadata``. A filesystem without user xattrs simply has none.
+
+Watching refuses directories on network filesystems (NFS, SMB/CIFS, FUSE) unless the
+caller allows them, as E2B's envd does; ``network_mount_type`` finds the filesystem type
+of a path from ``/proc/self/mountinfo``.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import errno
 import grp
 import os
 import pwd
+import re
 import shutil
 import stat
 from collections.abc import Callable, Iterable
@@ -27,6 +36,11 @@ from .connect import Code, RpcError
 FILE_TYPE_FILE = 1
 FILE_TYPE_DIRECTORY = 2
 FILE_TYPE_SYMLINK = 3
+METADATA_XATTR_PREFIX = "user.e2b."
+MAX_XATTR_NAME_BYTES = 255
+MAX_METADATA_VALUE_BYTES = 64 * 1024
+NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse", "fuseblk"})
+_METADATA_KEY = re.compile(r"\A[A-Za-z0-9!#$%&'*+\-.^_`|~]+\Z")
 
 _T = TypeVar("_T")
 
@@ -35,19 +49,24 @@ def os_call(what: str, path: str, action: Callable[[], _T]) -> _T:
     """Run ``action``, turning its OSError into the RpcError a client can act on."""
     try:
         return action()
-    except FileNotFoundError as exc:
-        raise RpcError(Code.NOT_FOUND, f"{what} {path!r}: no such file or directory") from exc
-    except FileExistsError as exc:
-        raise RpcError(Code.ALREADY_EXISTS, f"{what} {path!r}: already exists") from exc
-    except PermissionError as exc:
-        raise RpcError(Code.PERMISSION_DENIED, f"{what} {path!r}: permission denied") from exc
-    except NotADirectoryError as exc:
-        raise RpcError(Code.INVALID_ARGUMENT, f"{what} {path!r}: a parent is not a directory") from exc
-    except IsADirectoryError as exc:
-        raise RpcError(Code.INVALID_ARGUMENT, f"{what} {path!r}: is a directory") from exc
     except OSError as exc:
-        code = Code.RESOURCE_EXHAUSTED if exc.errno == errno.ENOSPC else Code.INTERNAL
-        raise RpcError(code, f"{what} {path!r}: {exc.strerror or exc}") from exc
+        raise os_error(what, path, exc) from exc
+
+
+def os_error(what: str, path: str, exc: OSError) -> RpcError:
+    """The RpcError for an OSError of ``what`` on ``path``: the code the SDK branches on."""
+    if isinstance(exc, FileNotFoundError):
+        return RpcError(Code.NOT_FOUND, f"{what} {path!r}: no such file or directory")
+    if isinstance(exc, FileExistsError):
+        return RpcError(Code.ALREADY_EXISTS, f"{what} {path!r}: already exists")
+    if isinstance(exc, PermissionError):
+        return RpcError(Code.PERMISSION_DENIED, f"{what} {path!r}: permission denied")
+    if isinstance(exc, NotADirectoryError):
+        return RpcError(Code.INVALID_ARGUMENT, f"{what} {path!r}: a parent is not a directory")
+    if isinstance(exc, IsADirectoryError):
+        return RpcError(Code.INVALID_ARGUMENT, f"{what} {path!r}: is a directory")
+    code = Code.RESOURCE_EXHAUSTED if exc.errno in (errno.ENOSPC, errno.EDQUOT) else Code.INTERNAL
+    return RpcError(code, f"{what} {path!r}: {exc.strerror or exc}")
 
 
 def _owner(uid: int) -> str:
@@ -96,7 +115,109 @@ def entry_info(path: str) -> Message:
             "nanos": info.st_mtime_ns % 1_000_000_000,
         },
     )
+    metadata = read_metadata(path)
+    if metadata:
+        entry["metadata"] = metadata
     return entry
+
+
+def read_metadata(path: str) -> dict[str, str]:
+    """The file's ``user.e2b.*`` attributes by key (prefix stripped); {} when it has none or no xattrs."""
+    try:
+        names = os.listxattr(path)
+    except OSError:
+        return {}
+    metadata: dict[str, str] = {}
+    for name in names:
+        if name.startswith(METADATA_XATTR_PREFIX):
+            try:
+                metadata[name[len(METADATA_XATTR_PREFIX) :]] = os.getxattr(path, name).decode(
+                    "utf-8", "replace"
+                )
+            except OSError:
+                continue
+    return metadata
+
+
+def check_metadata(metadata: dict[str, str]) -> None:
+    """Raise ``invalid_argument`` for a key or value that cannot be stored as an attribute."""
+    for key, value in metadata.items():
+        if not _METADATA_KEY.match(key):
+            raise RpcError(
+                Code.INVALID_ARGUMENT,
+                f"metadata key {key!r}: use letters, digits and !#$%&'*+-.^_`|~ only",
+            )
+        if len((METADATA_XATTR_PREFIX + key).encode()) > MAX_XATTR_NAME_BYTES:
+            raise RpcError(
+                Code.INVALID_ARGUMENT, f"metadata key {key[:40]!r}...: longer than the xattr limit"
+            )
+        if len(value.encode()) > MAX_METADATA_VALUE_BYTES:
+            raise RpcError(
+                Code.INVALID_ARGUMENT,
+                f"metadata value of {key!r} is larger than {MAX_METADATA_VALUE_BYTES} bytes",
+            )
+
+
+def write_metadata(path: str, metadata: dict[str, str]) -> bool:
+    """Make ``metadata`` the file's whole ``user.e2b.*`` set; False when the filesystem has no xattrs."""
+    try:
+        stale = [name for name in os.listxattr(path) if name.startswith(METADATA_XATTR_PREFIX)]
+        for name in stale:
+            if name[len(METADATA_XATTR_PREFIX) :] not in metadata:
+                os.removexattr(path, name)
+        for key, value in metadata.items():
+            os.setxattr(path, METADATA_XATTR_PREFIX + key, value.encode())
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return False
+        raise os_error("write metadata of", path, exc) from exc
+    return True
+
+
+def _unescape_mount_field(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
+
+
+def network_mount_type(path: str, mountinfo: str) -> str | None:
+    """The filesystem type of ``path`` when it is a network one (per ``mountinfo``), else None.
+
+    ``path`` must be absolute and resolved; the mount with the longest mount point that
+    contains it decides (the later one when two share a mount point).
+    """
+    best_point, best_type = "", ""
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" not in fields[6:]:
+            continue
+        separator = fields.index("-", 6)  # the optional fields end at a lone "-"
+        if separator + 1 >= len(fields):
+            continue
+        point, fstype = _unescape_mount_field(fields[4]), fields[separator + 1]
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best_point):
+            best_point, best_type = point, fstype
+    base = best_type.split(".", 1)[0]
+    return best_type if best_type in NETWORK_FILESYSTEMS or base == "fuse" else None
+
+
+def check_watchable(
+    path: str, allow_network_mounts: bool, mountinfo_path: str = "/proc/self/mountinfo"
+) -> None:
+    """Refuse (``invalid_argument``) a directory on a network filesystem unless it is allowed."""
+    if allow_network_mounts or not os.path.isdir(path):
+        return  # a missing path is the watcher's to report
+    try:
+        with open(mountinfo_path) as source:
+            mountinfo = source.read()
+    except OSError:
+        return
+    fstype = network_mount_type(os.path.realpath(path), mountinfo)
+    if fstype is not None:
+        raise RpcError(
+            Code.INVALID_ARGUMENT,
+            f"cannot watch {path!r}: it is on a network filesystem ({fstype}); "
+            "pass allow_network_mounts to watch it anyway",
+        )
 
 
 def list_dir(path: str, depth: int) -> list[Message]:

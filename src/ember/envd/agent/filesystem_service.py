@@ -3,7 +3,8 @@
 Paths are resolved for the calling user (``Authorization: Basic``): relative paths and
 ``~`` start at their home, and directories created on their behalf are theirs.
 ``WatchDir`` streams ``start``, then events as the poller finds them, with ``keepalive``
-in silences; the ``CreateWatcher`` family keeps the same poller between calls.
+in silences; the ``CreateWatcher`` family keeps the same poller between calls. Both
+refuse a directory on a network filesystem unless ``allow_network_mounts`` is set.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class FilesystemService:
 
     def _watcher(self, call: Call, request: Message) -> DirWatcher:
         _, path = self._user_path(call, request.get("path", ""))
+        filesystem.check_watchable(path, bool(request.get("allow_network_mounts")))
         return DirWatcher(path, bool(request.get("recursive")), bool(request.get("include_entry")))
 
     def watch_dir(self, call: Call, request: Message) -> Iterator[Message]:

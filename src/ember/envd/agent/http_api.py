@@ -3,34 +3,40 @@
 Errors are JSON ``{"code": <HTTP status>, "message": "..."}`` like the original's. Once
 ``/init`` has set an access token, every request but ``GET /health`` and ``POST /init``
 must carry it in ``X-Access-Token``; ``/files`` checks it itself, as the original does,
-because signed URLs are its other way in (signatures are not supported here, so a signed
-request without the header is refused with a message saying so).
+because signed URLs are its other way in: without the header, a request whose query is
+signed for its path, user and operation (``signing``) is let in. A header that is sent
+must be right: it is never overruled by a signature. ``/init`` answers with the agent's
+version in ``X-Envd-Version``.
 
 Uploads accept ``multipart/form-data`` (one part per file: the ``path`` query parameter
 names a single file, otherwise each part's filename is its path) and
-``application/octet-stream`` (optionally ``Content-Encoding: gzip``). Both answer with
-the list ``[{"path", "name", "type": "file"}]``.
+``application/octet-stream`` (optionally ``Content-Encoding: gzip``). ``X-Metadata-<key>``
+headers become the written files' metadata (their whole set; keys lowercased). Both
+answer with the list ``[{"path", "name", "type": "file"[, "metadata"]}]``. Downloads are
+gzip-encoded when ``Accept-Encoding`` asks for it.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
-import shutil
 import sys
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from io import BufferedIOBase
 
-from . import filesystem, httpio
+from . import filesystem, httpio, signing
 from .codec import CodecError, Message, parse_rfc3339
 from .connect import HTTP_STATUS, Code, RpcError
+from .metrics import MetricsSampler
 from .state import AgentState, User, resolve_path
+from .version import ENVD_VERSION
 
 CLOCK_DRIFT_LIMIT_S = 1.0
+METADATA_HEADER_PREFIX = "X-Metadata-"
+VERSION_HEADER = "X-Envd-Version"
 _NOT_AUTHORIZED = "unauthorized access: send the sandbox's access token in the X-Access-Token header"
 
 
@@ -41,6 +47,8 @@ class Reply:
     content_type: str = ""
     file_path: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    gzip: bool = False
+    """Send ``file_path`` gzip-compressed (chunked, ``Content-Encoding: gzip``)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,7 @@ def _from_rpc(error: RpcError) -> HttpError:
 class HttpApi:
     def __init__(self, state: AgentState) -> None:
         self._state = state
+        self._metrics = MetricsSampler()
 
     def handle(self, request: Request) -> Reply:
         route = {
@@ -87,6 +96,12 @@ class HttpApi:
         }.get((request.method, request.path))
         if route is None:
             return error_reply(404, f"no route {request.method} {request.path}")
+        reply = self._route(route, request)
+        if request.path == "/init":
+            reply = replace(reply, headers={**reply.headers, VERSION_HEADER: ENVD_VERSION})
+        return reply
+
+    def _route(self, route: Callable[[Request], Reply], request: Request) -> Reply:
         try:
             if request.path not in ("/health", "/init", "/files") and not self._authorized(request):
                 return error_reply(401, _NOT_AUTHORIZED)
@@ -140,37 +155,52 @@ class HttpApi:
         return json_reply(200, dict(self._state.snapshot().env_vars))
 
     def metrics(self, request: Request) -> Reply:
-        return json_reply(200, _metrics())
+        return json_reply(200, self._metrics.sample())
 
-    def _file_user(self, request: Request) -> User:
-        if not self._authorized(request):
-            if "signature" in request.query:
-                raise HttpError(
-                    401, "signed URLs are not supported by this envd: send X-Access-Token instead"
-                )
-            raise HttpError(401, _NOT_AUTHORIZED)
+    def _file_user(self, request: Request, operation: str) -> User:
+        """The user of a ``/files`` request once its token or its signature let it in."""
+        token = self._state.snapshot().access_token
+        presented = request.headers.get("X-Access-Token")
+        if token is not None:
+            if presented:
+                if not self._authorized(request):
+                    raise HttpError(401, "X-Access-Token does not match the sandbox's access token")
+            else:
+                try:
+                    signing.verify_signed_query(request.query, operation, token, time.time())
+                except signing.SignatureRefused as exc:
+                    raise HttpError(exc.status, str(exc)) from exc
         try:
             return self._state.resolve_user(request.query.get("username"))
         except RpcError as exc:
             raise HttpError(401, exc.message) from exc
 
     def download(self, request: Request) -> Reply:
-        user = self._file_user(request)
+        user = self._file_user(request, signing.READ)
         path = resolve_path(request.query.get("path", ""), user)
         if os.path.isdir(path):
             raise HttpError(400, f"path {path!r} is a directory: download files one at a time")
         if not os.path.exists(path):
             raise HttpError(404, f"path {path!r} does not exist")
+        encoding = httpio.negotiate_encoding(request.headers.get("Accept-Encoding", ""))
+        if encoding is None:
+            raise HttpError(400, "Accept-Encoding refuses identity and gzip: accept one of them")
         name = os.path.basename(path).replace('"', "")
         return Reply(
             200,
             content_type="application/octet-stream",
             file_path=path,
-            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+            headers={"Content-Disposition": f'attachment; filename="{name}"', "Vary": "Accept-Encoding"},
+            gzip=encoding == "gzip",
         )
 
     def upload(self, request: Request) -> Reply:
-        user = self._file_user(request)
+        user = self._file_user(request, signing.WRITE)
+        metadata = upload_metadata(request.headers)
+        try:
+            filesystem.check_metadata(metadata)
+        except RpcError as exc:
+            raise HttpError(400, f"invalid metadata: {exc.message}") from exc
         content_type = request.headers.get("Content-Type", "")
         try:
             if content_type.lower().startswith("multipart/form-data"):
@@ -178,7 +208,7 @@ class HttpApi:
                 files = _multipart_files(body, content_type)
                 target = request.query.get("path")
                 written = [
-                    self._write(user, target if target and len(files) == 1 else name, [data])
+                    self._write(user, target if target and len(files) == 1 else name, [data], metadata)
                     for name, data in files
                 ]
             else:
@@ -191,13 +221,30 @@ class HttpApi:
                     pieces = httpio.iter_body(request.rfile, request.headers)
                 else:
                     pieces = [httpio.read_body(request.rfile, request.headers)]
-                written = [self._write(user, target, pieces)]
+                written = [self._write(user, target, pieces, metadata)]
         except httpio.BodyError as exc:
             raise HttpError(400, str(exc)) from exc
         return json_reply(200, written)
 
-    def _write(self, user: User, path: str, pieces: Iterable[bytes]) -> Message:
-        return filesystem.write_file(resolve_path(path, user), pieces, user.uid, user.gid)
+    def _write(self, user: User, path: str, pieces: Iterable[bytes], metadata: dict[str, str]) -> Message:
+        resolved = resolve_path(path, user)
+        written = filesystem.write_file(resolved, pieces, user.uid, user.gid)
+        if not filesystem.write_metadata(resolved, metadata) and metadata:
+            print(f"envd: {resolved}: the filesystem has no xattrs, metadata not kept", file=sys.stderr)
+        stored = filesystem.read_metadata(resolved)
+        if stored:
+            written["metadata"] = stored
+        return written
+
+
+def upload_metadata(headers: Mapping[str, str]) -> dict[str, str]:
+    """The ``X-Metadata-<key>`` headers as {lowercased key: value}; empty keys are dropped."""
+    prefix = METADATA_HEADER_PREFIX.lower()
+    return {
+        name[len(prefix) :].lower(): value
+        for name, value in headers.items()
+        if name.lower().startswith(prefix) and name[len(prefix) :]
+    }
 
 
 def _multipart_files(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
@@ -237,27 +284,3 @@ def _sync_clock(timestamp: str) -> None:
         time.clock_settime(time.CLOCK_REALTIME, host_time_s)
     except OSError as exc:
         print(f"envd: cannot set the clock to {timestamp}: {exc}", file=sys.stderr)
-
-
-def _metrics() -> dict[str, object]:
-    meminfo: dict[str, int] = {}
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                meminfo[key] = int(value.split()[0]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    disk = shutil.disk_usage("/")
-    cpu_count = os.cpu_count() or 1
-    load_1m = os.getloadavg()[0]  # a cheap stand-in for sampled CPU time
-    total = meminfo.get("MemTotal", 0)
-    return {
-        "ts": int(dt.datetime.now(dt.UTC).timestamp()),
-        "cpu_count": cpu_count,
-        "cpu_used_pct": round(min(100.0, 100.0 * load_1m / cpu_count), 2),
-        "mem_total": total,
-        "mem_used": total - meminfo.get("MemAvailable", total),
-        "disk_used": disk.used,
-        "disk_total": disk.total,
-    }

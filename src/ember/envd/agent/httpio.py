@@ -9,10 +9,15 @@ request body arrives either with ``Content-Length`` or as ``Transfer-Encoding: c
 
 Streamed replies are written the same way, one chunk per message, so every message
 reaches the client as soon as it is produced.
+
+Downloads honour ``Accept-Encoding`` as E2B's envd does (``negotiate_encoding``): gzip
+when the client lists it (by quality order) before identity, identity otherwise; only a
+client refusing identity (``identity;q=0``) without accepting gzip gets nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import zlib
 from collections.abc import Iterator, Mapping
@@ -90,6 +95,33 @@ def decompress(data: bytes, encoding: str) -> bytes:
     except (OSError, EOFError, zlib.error) as exc:
         raise BodyError(f"body is not valid {encoding}: {exc}") from exc
     raise BodyError(f"unsupported content encoding {encoding!r}: send gzip or identity")
+
+
+def negotiate_encoding(accept_encoding: str) -> str | None:
+    """The coding of a reply: ``"gzip"``, ``""`` (identity), or None when no coding is acceptable."""
+    offers: list[tuple[str, float]] = []
+    for item in accept_encoding.split(","):
+        name, _, parameters = item.partition(";")
+        quality = 1.0
+        for parameter in parameters.split(";"):
+            key, _, value = parameter.strip().partition("=")
+            if key.lower() == "q":
+                with contextlib.suppress(ValueError):
+                    quality = float(value)
+        if name.strip():
+            offers.append((name.strip().lower(), quality))
+    offers.sort(key=lambda offer: -offer[1])
+    identity_refused = ("identity", 0.0) in offers
+    for name, quality in offers:
+        if quality <= 0:
+            continue
+        if name == "identity":
+            return ""
+        if name == "*":
+            return "gzip" if identity_refused else ""
+        if name == "gzip":
+            return "gzip"
+    return None if identity_refused else ""
 
 
 def chunk(data: bytes) -> bytes:

@@ -5,6 +5,12 @@ process's events; while the process is silent they send ``keepalive`` every
 ``Keepalive-Ping-Interval`` seconds (the SDK sends 50), which is also how a vanished
 client is noticed. Ending a stream, by deadline or disconnect, never stops the process:
 ``Connect`` re-attaches by pid or tag, and only ``SendSignal`` ends it early.
+
+``Start`` with ``pty`` runs the process on a pseudo-terminal (``terminal``): its output
+arrives as ``data.pty``, its input goes in as ``input.pty`` (``SendInput``,
+``StreamInput``), ``Update`` with ``pty.size`` resizes it, and ``TERM`` is
+``xterm-256color`` unless the call or /init sets it. Input of the wrong kind for the
+process is ``failed_precondition``.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import queue
 import signal
 from collections.abc import Iterator
 
+from . import terminal
 from .codec import Message
 from .connect import Call, Code, Method, RpcError, Shape
 from .processes import EventQueue, ManagedProcess, ProcessTable
@@ -78,19 +85,18 @@ class ProcessService:
         }
 
     def start(self, call: Call, request: Message) -> Iterator[Message]:
-        if "pty" in request:
-            raise RpcError(
-                Code.UNIMPLEMENTED, "PTY processes are not supported by this envd; start without pty"
-            )
         config = request.get("process")
         if not config:
             raise RpcError(Code.INVALID_ARGUMENT, "StartRequest.process is missing: give cmd and args")
+        size = terminal.pty_size(request["pty"]) if "pty" in request else None
         user = self._state.resolve_user(call.username)
         settings = self._state.snapshot()
         cwd = config.get("cwd") or settings.default_workdir or user.home
         env = process_environment(user, settings, config.get("envs", {}))
+        if size is not None and "TERM" not in settings.env_vars and "TERM" not in config.get("envs", {}):
+            env["TERM"] = terminal.DEFAULT_TERM  # not the agent's own (a serial console's "linux")
         process, events = self._table.start(
-            config, user, env, resolve_path(cwd, user), request.get("tag"), request.get("stdin", True)
+            config, user, env, resolve_path(cwd, user), request.get("tag"), request.get("stdin", True), size
         )
         return self._stream(call, process, events)
 
@@ -116,8 +122,9 @@ class ProcessService:
 
     def _write(self, process: ManagedProcess, process_input: Message) -> None:
         if "pty" in process_input:
-            raise RpcError(Code.FAILED_PRECONDITION, f"process {process.pid} has no pty; send stdin")
-        process.write_stdin(process_input.get("stdin", b""))
+            process.write_terminal(process_input["pty"])
+        else:
+            process.write_stdin(process_input.get("stdin", b""))
 
     def send_signal(self, call: Call, request: Message) -> Message:
         process = self._table.select(request.get("process"))
@@ -145,5 +152,5 @@ class ProcessService:
     def update(self, call: Call, request: Message) -> Message:
         process = self._table.select(request.get("process"))
         if "pty" in request:
-            raise RpcError(Code.FAILED_PRECONDITION, f"process {process.pid} has no pty to resize")
+            process.resize(*terminal.pty_size(request["pty"]))
         return {}

@@ -10,6 +10,13 @@ gets the ``EndEvent`` and then ``None``; the process then leaves the table.
 
 The child runs in a new session so ``SendSignal`` reaches its whole process group:
 ``bash -c`` children would otherwise survive a kill and keep the pipes open.
+
+A PTY process (``terminal``) has one output instead of two: the pty's master, whose
+reads become ``DataEvent.pty``; input is written to the master, and ``resize`` sets its
+window size. Its output ends when every holder of the slave side has closed it (the
+read fails with EIO). A process left behind in the background may hold it open forever,
+so once the child has exited the pump drains the master only until it has been silent
+for ``TERMINAL_SILENCE_S`` (at most ``TERMINAL_DRAIN_S``), then closes it.
 """
 
 from __future__ import annotations
@@ -17,17 +24,22 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import select
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import IO
 
+from . import terminal
 from .codec import Message
 from .connect import Code, RpcError
 from .state import User
 
 READ_SIZE = 32 * 1024
+TERMINAL_SILENCE_S = 0.1
+TERMINAL_DRAIN_S = 1.0
 
 EventQueue = queue.Queue[Message | None]
 
@@ -58,14 +70,24 @@ def end_event(returncode: int) -> Message:
 class ManagedProcess:
     """One started process; every method is thread-safe."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], config: Message, tag: str | None) -> None:
+    def __init__(
+        self, popen: subprocess.Popen[bytes], config: Message, tag: str | None, master: int | None = None
+    ) -> None:
         self._popen = popen
         self.config = config
         self.tag = tag
+        self._master = master
+        self._is_terminal = master is not None
+        self._wake_read, self._wake_write = os.pipe() if master is not None else (-1, -1)
         self._lock = threading.Lock()
         self._stdin_lock = threading.Lock()
+        self._input_lock = threading.Lock()
         self._subscribers: list[EventQueue] = []
         self._end: Message | None = None
+
+    @property
+    def has_terminal(self) -> bool:
+        return self._is_terminal
 
     @property
     def pid(self) -> int:
@@ -99,6 +121,10 @@ class ManagedProcess:
                 subscriber.put(event)
 
     def write_stdin(self, data: bytes) -> None:
+        if self.has_terminal:
+            raise RpcError(
+                Code.FAILED_PRECONDITION, f"process {self.pid} has a pty: send its input as input.pty"
+            )
         with self._stdin_lock:
             stdin = self._popen.stdin
             if stdin is None or stdin.closed:
@@ -111,7 +137,57 @@ class ManagedProcess:
                     Code.FAILED_PRECONDITION, f"stdin of process {self.pid} is closed: {exc}"
                 ) from exc
 
+    def write_terminal(self, data: bytes) -> None:
+        """Type ``data`` into the process's pty, all of it: waits while the pty's input queue is full.
+
+        The master is non-blocking and the descriptor lock is held only for each ``write``, so
+        a program that does not read its input never keeps the reaper from closing the pty.
+        """
+        if not self._is_terminal:
+            raise RpcError(
+                Code.FAILED_PRECONDITION, f"process {self.pid} has no pty: send its input as input.stdin"
+            )
+        view = memoryview(data)
+        with self._input_lock:
+            while view:
+                with self._stdin_lock:
+                    master = self._master
+                    if master is None:
+                        raise RpcError(Code.FAILED_PRECONDITION, f"the pty of process {self.pid} is closed")
+                    try:
+                        written = os.write(master, view)
+                    except BlockingIOError:
+                        written = 0
+                    except OSError as exc:
+                        raise RpcError(
+                            Code.FAILED_PRECONDITION,
+                            f"the pty of process {self.pid} is closed: {exc.strerror}",
+                        ) from exc
+                view = view[written:]
+                if view and not written:
+                    waiter = select.poll()
+                    waiter.register(master, select.POLLOUT)
+                    waiter.poll(int(TERMINAL_SILENCE_S * 1000))
+
+    def resize(self, rows: int, cols: int) -> None:
+        if not self._is_terminal:
+            raise RpcError(Code.FAILED_PRECONDITION, f"process {self.pid} has no pty to resize")
+        with self._stdin_lock:
+            if self._master is None:
+                raise RpcError(Code.FAILED_PRECONDITION, f"the pty of process {self.pid} is closed")
+            try:
+                terminal.resize(self._master, rows, cols)
+            except OSError as exc:
+                raise RpcError(
+                    Code.FAILED_PRECONDITION, f"cannot resize the pty of process {self.pid}: {exc.strerror}"
+                ) from exc
+
     def close_stdin(self) -> None:
+        if self.has_terminal:
+            raise RpcError(
+                Code.FAILED_PRECONDITION,
+                f"process {self.pid} has a pty, whose input cannot be closed: send Ctrl-D (0x04) instead",
+            )
         with self._stdin_lock:
             stdin = self._popen.stdin
             if stdin is None:
@@ -130,11 +206,14 @@ class ManagedProcess:
 
     def run_pumps(self, on_end: Callable[[ManagedProcess], None]) -> None:
         """Start the pump threads and the reaper; ``on_end`` is called after the end event."""
-        pumps = [
-            threading.Thread(target=self._pump, args=(stream, name), daemon=True)
-            for stream, name in ((self._popen.stdout, "stdout"), (self._popen.stderr, "stderr"))
-            if stream is not None
-        ]
+        if self._master is not None:
+            pumps = [threading.Thread(target=self._pump_terminal, args=(self._master,), daemon=True)]
+        else:
+            pumps = [
+                threading.Thread(target=self._pump, args=(stream, name), daemon=True)
+                for stream, name in ((self._popen.stdout, "stdout"), (self._popen.stderr, "stderr"))
+                if stream is not None
+            ]
         for pump in pumps:
             pump.start()
         threading.Thread(target=self._reap, args=(pumps, on_end), daemon=True).start()
@@ -151,10 +230,49 @@ class ManagedProcess:
             self._publish({"data": {name: data}})
         stream.close()
 
+    def _pump_terminal(self, master: int) -> None:
+        poller = select.poll()
+        poller.register(master, select.POLLIN)
+        poller.register(self._wake_read, select.POLLIN)
+        drain_until: float | None = None
+        while True:
+            timeout_ms: int | None = None
+            if drain_until is not None:
+                left_s = drain_until - time.monotonic()
+                if left_s <= 0:
+                    break
+                timeout_ms = int(1000 * min(TERMINAL_SILENCE_S, left_s)) + 1
+            ready = {fd for fd, _ in poller.poll(timeout_ms)}
+            if self._wake_read in ready:
+                poller.unregister(self._wake_read)
+                drain_until = time.monotonic() + TERMINAL_DRAIN_S
+            if master not in ready:
+                if drain_until is not None and not ready:
+                    break  # silent since the child exited
+                continue
+            try:
+                data = os.read(master, READ_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""  # EIO: no one holds the slave side any more
+            if not data:
+                break
+            self._publish({"data": {"pty": data}})
+
     def _reap(self, pumps: list[threading.Thread], on_end: Callable[[ManagedProcess], None]) -> None:
         returncode = self._popen.wait()
+        if self._is_terminal:
+            os.write(self._wake_write, b"x")
         for pump in pumps:
             pump.join()
+        if self._is_terminal:
+            with self._stdin_lock:
+                master, self._master = self._master, None
+            if master is not None:
+                os.close(master)
+            os.close(self._wake_read)
+            os.close(self._wake_write)
         end = end_event(returncode)
         with self._lock:
             self._end = end
@@ -173,31 +291,55 @@ class ProcessTable:
         self._processes: dict[int, ManagedProcess] = {}
 
     def start(
-        self, config: Message, user: User, env: Mapping[str, str], cwd: str, tag: str | None, stdin: bool
+        self,
+        config: Message,
+        user: User,
+        env: Mapping[str, str],
+        cwd: str,
+        tag: str | None,
+        stdin: bool,
+        pty_size: tuple[int, int] | None = None,
     ) -> tuple[ManagedProcess, EventQueue]:
-        """Spawn the process and return it with a queue subscribed before any output is read."""
+        """Spawn the process and return it with a queue subscribed before any output is read.
+
+        With ``pty_size`` (rows, cols) the process runs on a new pty of that size instead of pipes.
+        """
         if not os.path.isdir(cwd):
             raise RpcError(Code.INVALID_ARGUMENT, f"working directory {cwd!r} does not exist in the sandbox")
         argv = [config.get("cmd", ""), *config.get("args", [])]
         if not argv[0]:
             raise RpcError(Code.INVALID_ARGUMENT, "process.cmd is empty: give the program to run")
         switch = os.geteuid() == 0 and user.uid != os.geteuid()
+        master: int | None = None
+        slave: int | None = None
         try:
+            if pty_size is not None:
+                master, slave = terminal.open_terminal(*pty_size)
+                os.set_blocking(master, False)
+                if switch:
+                    os.fchown(slave, user.uid, -1)
             popen = subprocess.Popen(
                 argv,
                 cwd=cwd,
                 env=dict(env),
-                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stdin=slave if slave is not None else subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdout=slave if slave is not None else subprocess.PIPE,
+                stderr=slave if slave is not None else subprocess.PIPE,
                 start_new_session=True,
+                preexec_fn=terminal.take_controlling_terminal if slave is not None else None,
                 user=user.uid if switch else None,
                 group=user.gid if switch else None,
                 extra_groups=os.getgrouplist(user.name, user.gid) if switch else None,
             )
-        except OSError as exc:
-            raise RpcError(Code.INVALID_ARGUMENT, f"cannot start {argv[0]!r}: {exc.strerror or exc}") from exc
-        managed = ManagedProcess(popen, config, tag)
+        except (OSError, subprocess.SubprocessError) as exc:
+            if master is not None:
+                os.close(master)
+            message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise RpcError(Code.INVALID_ARGUMENT, f"cannot start {argv[0]!r}: {message}") from exc
+        finally:
+            if slave is not None:
+                os.close(slave)
+        managed = ManagedProcess(popen, config, tag, master)
         events = managed.subscribe()
         with self._lock:
             self._processes[managed.pid] = managed

@@ -97,6 +97,16 @@ class QemuVm(VmProcess):
             qmp.execute("migrate-incoming", {"uri": f"exec:{stream}"})
             vm._wait_migration("restore")
             qmp.execute("cont")
+        except EmberError as exc:
+            exited = vm._process is not None and vm._process.poll() is not None
+            diagnosis = vm._diagnosis()
+            vm.stop()
+            if exited:  # QEMU gave up on the stream: say that, not what it did to the QMP socket
+                raise VmError(
+                    f"QEMU could not restore {snapshot.state_path} and exited; {diagnosis}; the snapfile "
+                    "is truncated or corrupt, or was saved by a QEMU that differs from this one"
+                ) from exc
+            raise
         except BaseException:
             vm.stop()
             raise
