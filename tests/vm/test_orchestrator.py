@@ -11,25 +11,18 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import empty_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from orchestrator_daemon import Daemon, make_build, running_daemon, start_daemon, stop_daemon
 
-from ember.envd.client import EnvdClient
-from ember.guest import cache_dir
 from ember.rpc import orchestrator_pb2 as pb
-from ember.rpc import orchestrator_pb2_grpc
 
 pytestmark = [
     pytest.mark.vm,
@@ -37,117 +30,16 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="sandboxes need root for network namespaces and mounts"),
 ]
 
-COUNTER = (
-    "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/counter.new;"
-    " mv /tmp/counter.new /tmp/counter; sleep 0.2; done' >/dev/null 2>&1 &"
-)
-START_TIMEOUT_S = 120.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _environment(base: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "HOST_KERNELS_DIR": str(cache_dir() / "kernels"),
-        "ORCHESTRATOR_BASE_PATH": str(base),
-    }
-
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    root = tmp_path_factory.mktemp("orchestrator")
-    storage = root / "store"
-    build = str(uuid.uuid4())
-    created = subprocess.run(
-        [sys.executable, "-m", "ember", "create-build", "-to-build", build, "-storage", str(storage),
-         "-hugepages=false", "-memory", "512", "-disk", "512", "-start-cmd", COUNTER,
-         "-ready-cmd", "test -s /tmp/counter"],
-        capture_output=True, text=True, timeout=900, env=_environment(root / "create"), check=False,
-    )  # fmt: skip
-    assert created.returncode == 0, created.stderr + created.stdout
-    return storage, build
-
-
-@dataclass
-class Daemon:
-    process: subprocess.Popen[str]
-    stub: orchestrator_pb2_grpc.SandboxServiceStub
-    channel: grpc.Channel
-    grpc_port: int
-    proxy_port: int
-    base: Path
-    log: Path
-
-    def envd(self, sandbox_id: str, token: str) -> EnvdClient:
-        """envd of ``sandbox_id`` through the daemon's node proxy (header routing, Host an IP)."""
-        return EnvdClient(
-            f"http://127.0.0.1:{self.proxy_port}",
-            access_token=token,
-            headers={"E2b-Sandbox-Id": sandbox_id, "E2b-Sandbox-Port": "49983"},
-        )
-
-    def create(self, sandbox_id: str, build: str, *, snapshot: bool = False, token: str = "") -> str:
-        token = token or f"token-{sandbox_id}"
-        config = pb.SandboxConfig(
-            sandbox_id=sandbox_id, build_id=build, snapshot=snapshot, envd_access_token=token,
-            env_vars={"SANDBOX_NAME": sandbox_id},
-        )  # fmt: skip
-        self.stub.Create(pb.SandboxCreateRequest(sandbox=config), timeout=START_TIMEOUT_S)
-        return token
-
-    def listed(self) -> list[str]:
-        return sorted(entry.sandbox_id for entry in self.stub.List(empty_pb2.Empty()).sandboxes)
-
-    def workspaces(self) -> list[str]:
-        root = self.base / "sandbox"
-        return sorted(entry.name for entry in root.iterdir()) if root.is_dir() else []
-
-
-def _start_daemon(storage: Path, base: Path, log: Path) -> Daemon:
-    grpc_port, proxy_port = _free_port(), _free_port()
-    with log.open("a") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ember", "orchestrator", "-storage", str(storage), "-listen", "127.0.0.1",
-             "-grpc-port", str(grpc_port), "-proxy-port", str(proxy_port)],
-            stdout=handle, stderr=handle, text=True, env=_environment(base),
-        )  # fmt: skip
-    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, log.read_text()
-        try:
-            answer = health.Check(health_pb2.HealthCheckRequest(service="SandboxService"), timeout=2)
-            if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                break
-        except grpc.RpcError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.2)
-    return Daemon(
-        process, orchestrator_pb2_grpc.SandboxServiceStub(channel), channel, grpc_port, proxy_port, base, log
-    )
-
-
-def _stop(daemon: Daemon) -> int:
-    daemon.channel.close()
-    if daemon.process.poll() is None:
-        daemon.process.send_signal(signal.SIGTERM)
-    return daemon.process.wait(120)
+    return make_build(tmp_path_factory.mktemp("orchestrator"))
 
 
 @pytest.fixture
 def daemon(store: tuple[Path, str], tmp_path: Path) -> Iterator[Daemon]:
-    started = _start_daemon(store[0], tmp_path / "base", tmp_path / "daemon.log")
-    yield started
-    assert _stop(started) == 0, started.log.read_text()[-3000:]
-    assert started.workspaces() == [], "the daemon left sandbox workspaces behind"
+    with running_daemon(store[0], tmp_path) as started:
+        yield started
 
 
 def _qemu_pids(sandbox_id: str) -> list[int]:
@@ -282,7 +174,7 @@ def test_sigkill_of_the_daemon_then_a_restart_leaves_no_orphan(
 ) -> None:
     storage, build = store
     base, log = tmp_path / "base", tmp_path / "daemon.log"
-    first = _start_daemon(storage, base, log)
+    first = start_daemon(storage, base, log)
     ids = ["killa", "killb", "killc"]
     for sandbox_id in ids:
         first.create(sandbox_id, build)
@@ -296,7 +188,7 @@ def test_sigkill_of_the_daemon_then_a_restart_leaves_no_orphan(
         assert time.monotonic() < deadline, "QEMU outlived the killed daemon"
         time.sleep(0.2)
 
-    second = _start_daemon(storage, base, log)
+    second = start_daemon(storage, base, log)
     try:
         assert second.listed() == []
         assert second.workspaces() == []
@@ -305,7 +197,7 @@ def test_sigkill_of_the_daemon_then_a_restart_leaves_no_orphan(
         token = second.create("killd", build)
         assert second.envd("killd", token).run("echo back").stdout == b"back\n"
     finally:
-        assert _stop(second) == 0
+        assert stop_daemon(second) == 0
     assert second.workspaces() == []
 
 
