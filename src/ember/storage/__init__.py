@@ -5,7 +5,7 @@ re-exported here: importing their SDKs costs ~0.4 s, which local-only commands s
 pay. ``open_storage`` imports them when a ``gs://`` or ``s3://`` URL asks for them.
 """
 
-from ember.storage.base import Storage
+from ember.storage.base import ObjectInfo, Storage
 from ember.storage.cache import MEMORY_CHUNK_SIZE, CacheStats, ChunkCache, chunk_file_name
 from ember.storage.cleaner import BuildUsage, CleanOptions, CleanReport, check_cache_root, clean_cache
 from ember.storage.factory import open_storage
@@ -40,6 +40,7 @@ __all__ = [
     "HammerReport",
     "LocalStorage",
     "MemoryStorage",
+    "ObjectInfo",
     "ReadTiming",
     "ScenarioResult",
     "Storage",

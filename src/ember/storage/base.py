@@ -21,18 +21,29 @@ Guarantees every backend keeps:
 from __future__ import annotations
 
 import abc
+import builtins
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import google_crc32c
 
-from ember.errors import StorageError, UsageError
+from ember.errors import ObjectNotFound, StorageError, UsageError
 from ember.storage.temporaries import remove_quietly, temporary_prefix
 
 COPY_BUFFER_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object: its key, its size, and when it was last written (None if unknown)."""
+
+    key: str
+    size_bytes: int
+    modified: float | None
 
 
 class Storage(abc.ABC):
@@ -103,6 +114,21 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def list(self, prefix: str) -> list[str]:
         """Keys starting with ``prefix`` (plain string prefix, not a directory), sorted."""
+
+    def list_objects(self, prefix: str) -> builtins.list[ObjectInfo]:
+        """``list`` with each object's size and last modification (seconds since the epoch, or None).
+
+        Garbage collection ages builds by it. Backends whose listings carry both (buckets,
+        whose list calls return them) override this; the default asks for each size and knows
+        no times.
+        """
+        found = []
+        for key in self.list(prefix):
+            try:
+                found.append(ObjectInfo(key, self.size(key), None))
+            except ObjectNotFound:
+                continue
+        return found
 
     @abc.abstractmethod
     def delete_prefix(self, prefix: str) -> int:

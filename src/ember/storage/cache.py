@@ -47,6 +47,7 @@ truncating them in place (which would make a mapped read raise SIGBUS).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
@@ -58,7 +59,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ember.errors import StorageError
-from ember.storage.base import Storage, atomic_write, check_key, check_range, preadv_full, writable_view
+from ember.storage.base import (
+    ObjectInfo,
+    Storage,
+    atomic_write,
+    check_key,
+    check_range,
+    preadv_full,
+    writable_view,
+)
 from ember.storage.mapped import DEFAULT_MAX_MAPPED, ChunkTable, MappedFiles
 from ember.storage.open_files import DEFAULT_MAX_OPEN_FILES, OpenFile, OpenFiles
 
@@ -397,6 +406,9 @@ class ChunkCache(Storage):
 
     def list(self, prefix: str) -> list[str]:
         return self._inner.list(prefix)
+
+    def list_objects(self, prefix: str) -> builtins.list[ObjectInfo]:
+        return self._inner.list_objects(prefix)
 
     def delete_prefix(self, prefix: str) -> int:
         keys = self._inner.list(prefix)

@@ -20,6 +20,8 @@ The client library's ``Client`` shares one HTTP session; each thread gets its ow
 from __future__ import annotations
 
 import base64
+import builtins
+import datetime
 import os
 import threading
 import warnings
@@ -34,7 +36,7 @@ import requests
 from google.auth.credentials import AnonymousCredentials
 
 from ember.errors import ObjectExists, ObjectNotFound, StorageError, StorageUnreachable
-from ember.storage.base import Storage, atomic_write, check_key, check_range
+from ember.storage.base import ObjectInfo, Storage, atomic_write, check_key, check_range
 
 with warnings.catch_warnings():
     # google-api-core warns at import when grpcio is installed (ember's RPC server needs it)
@@ -238,6 +240,22 @@ class GcsStorage(Storage):
         skip = len(self._name_prefix(""))
         return [name[skip:] for name in self._list_names(prefix)]
 
+    def list_objects(self, prefix: str) -> builtins.list[ObjectInfo]:
+        """One listing call: GCS returns each blob's size and ``updated`` time with its name."""
+        skip = len(self._name_prefix(""))
+        bucket = self._bucket()
+
+        def collect() -> builtins.list[ObjectInfo]:
+            blobs = bucket.client.list_blobs(
+                bucket, prefix=self._name_prefix(prefix), timeout=self._timeout, retry=self._retry
+            )
+            return [
+                ObjectInfo(blob.name[skip:], int(blob.size or 0), _timestamp(blob.updated)) for blob in blobs
+            ]
+
+        found: builtins.list[ObjectInfo] = self._call(None, collect)
+        return sorted(found, key=lambda item: item.key)
+
     def delete_prefix(self, prefix: str) -> int:
         names = self._list_names(prefix)
         bucket = self._bucket()
@@ -253,3 +271,7 @@ class GcsStorage(Storage):
     def crc32c(self, key: str) -> int | None:
         encoded = self._reloaded(key).crc32c
         return int.from_bytes(base64.b64decode(encoded), "big") if encoded else None
+
+
+def _timestamp(moment: object) -> float | None:
+    return moment.timestamp() if isinstance(moment, datetime.datetime) else None

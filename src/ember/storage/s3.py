@@ -19,6 +19,8 @@ botocore's standard retry mode, so an unreachable endpoint fails within seconds.
 from __future__ import annotations
 
 import base64
+import builtins
+import datetime
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +32,15 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from ember.errors import ObjectExists, ObjectNotFound, StorageError, StorageUnreachable
-from ember.storage.base import Storage, atomic_write, check_key, check_range, crc32c_of_bytes, crc32c_of_file
+from ember.storage.base import (
+    ObjectInfo,
+    Storage,
+    atomic_write,
+    check_key,
+    check_range,
+    crc32c_of_bytes,
+    crc32c_of_file,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -252,6 +262,23 @@ class S3Storage(Storage):
         skip = len(self._name_prefix(""))
         return [name[skip:] for name in self._list_names(prefix)]
 
+    def list_objects(self, prefix: str) -> builtins.list[ObjectInfo]:
+        """One listing: ``ListObjectsV2`` returns each key's ``Size`` and ``LastModified``."""
+        skip = len(self._name_prefix(""))
+
+        def collect() -> builtins.list[ObjectInfo]:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self._bucket, Prefix=self._name_prefix(prefix)
+            )
+            return [
+                ObjectInfo(item["Key"][skip:], int(item["Size"]), _timestamp(item.get("LastModified")))
+                for page in pages
+                for item in page.get("Contents", [])
+            ]
+
+        found: builtins.list[ObjectInfo] = self._call(None, collect)
+        return sorted(found, key=lambda item: item.key)
+
     def delete_prefix(self, prefix: str) -> int:
         names = self._list_names(prefix)
         for start in range(0, len(names), 1000):
@@ -284,3 +311,7 @@ class S3Storage(Storage):
 
 def _encode_crc32c(value: int) -> str:
     return base64.b64encode(value.to_bytes(4, "big")).decode("ascii")
+
+
+def _timestamp(moment: object) -> float | None:
+    return moment.timestamp() if isinstance(moment, datetime.datetime) else None
