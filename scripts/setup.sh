@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 #   iptables      iptables-restore/-save: sandbox network slots' NAT and forwarding rules
 #   procps, util-linux, iproute2  sysctl, nsenter/setpriv, ip: slots and VMM launches
 #   gcc, python3-dev  compile the C extensions (src/ember/*/_*.c: fault loop, mapped reads, diff packing)
+#   libpq5       the PostgreSQL client library psycopg loads (ember api -db postgresql://...)
+#   postgresql   initdb, pg_ctl, postgres: the API store tests start a throwaway server
 apt_packages=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_packages+=(python3-venv)
 need() { command -v "$1" >/dev/null || [[ -e $1 ]] || apt_packages+=("$2"); }
@@ -31,6 +33,8 @@ need /usr/sbin/sysctl procps
 need /usr/bin/nsenter util-linux
 need /usr/sbin/ip iproute2
 need gcc gcc
+need /usr/share/doc/libpq5 libpq5
+need /usr/lib/postgresql postgresql
 python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_path("include") + "/Python.h"))' \
     || apt_packages+=(python3-dev)
 if ((${#apt_packages[@]})); then
