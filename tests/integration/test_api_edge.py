@@ -16,9 +16,8 @@ import pytest
 from test_api_stub_orchestrator import APP_PORT, DOMAIN, ApiHarness, running_api, ws_roundtrip
 
 from ember.api.resume import ENVD_TOKEN_METADATA, PORT_METADATA
-from ember.orchestrator.proxy import SANDBOX_NOT_FOUND_MESSAGE
-from ember.orchestrator.routing import ENVD_PORT, INVALID_HOST
 from ember.rpc import proxy_pb2, proxy_pb2_grpc
+from ember.traffic.routing import ENVD_PORT, INVALID_HOST, SANDBOX_NOT_FOUND_MESSAGE
 
 e2b = pytest.importorskip("e2b", reason="the e2b SDK is a test extra: pip install -e '.[test]'")
 

@@ -43,8 +43,8 @@ from ember.api import ApiConfig, ApiServer, TemplateRegistration, open_store
 from ember.api.auth import hash_api_key, mask_api_key, new_api_key
 from ember.api.records import ApiKey
 from ember.orchestrator.proxy import NodeProxy, ProxyTarget
-from ember.orchestrator.routing import ENVD_PORT, SANDBOX_ID_HEADER
 from ember.rpc import info_pb2, info_pb2_grpc, orchestrator_pb2, orchestrator_pb2_grpc
+from ember.traffic.routing import ENVD_PORT, SANDBOX_ID_HEADER
 
 _T = TypeVar("_T")
 

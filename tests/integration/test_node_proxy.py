@@ -27,23 +27,17 @@ import httpx
 import pytest
 from aiohttp import web
 
-from ember.orchestrator.proxy import (
-    PORT_NOT_OPEN_MESSAGE,
-    RESERVED_ROUTE_MESSAGE,
-    SANDBOX_NOT_FOUND_MESSAGE,
-    TOKEN_INVALID_MESSAGE,
-    TOKEN_MISSING_MESSAGE,
-    NodeProxy,
-    ProxyError,
-    ProxyOutcome,
-    ProxyTarget,
-)
-from ember.orchestrator.routing import (
+from ember.orchestrator.proxy import PORT_NOT_OPEN_MESSAGE, NodeProxy, ProxyError, ProxyOutcome, ProxyTarget
+from ember.traffic.routing import (
     ENVD_PORT,
     INVALID_HOST,
     INVALID_SANDBOX_ID,
     INVALID_SANDBOX_PORT,
     MISSING_HEADER,
+    RESERVED_ROUTE_MESSAGE,
+    SANDBOX_NOT_FOUND_MESSAGE,
+    TOKEN_INVALID_MESSAGE,
+    TOKEN_MISSING_MESSAGE,
 )
 
 DOMAIN = "sandboxes.test"

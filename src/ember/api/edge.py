@@ -37,20 +37,20 @@ from ember.api.errors import STILL_TRANSITIONING
 from ember.api.nodes import NodeClient
 from ember.api.plane import ControlPlane
 from ember.api.resume import ResumeRefused, resume_for_traffic
-from ember.orchestrator.proxy import (
-    _MAX_HEADER_BYTES,
-    _NO_AUTO_HEADERS,
-    SANDBOX_NOT_FOUND_MESSAGE,
-    TRAFFIC_TOKEN_HEADER,
-    _end_to_end,
-    _is_websocket_upgrade,
-    _PortNotOpen,
-    _relay_http,
-    _relay_websocket,
+from ember.traffic.relay import (
+    MAX_HEADER_BYTES,
+    NO_AUTO_HEADERS,
+    PortNotOpen,
+    end_to_end,
+    is_websocket_upgrade,
+    relay_http,
+    relay_websocket,
 )
-from ember.orchestrator.routing import (
+from ember.traffic.routing import (
     SANDBOX_ID_HEADER,
+    SANDBOX_NOT_FOUND_MESSAGE,
     SANDBOX_PORT_HEADER,
+    TRAFFIC_TOKEN_HEADER,
     Route,
     RouteError,
     route_request,
@@ -88,7 +88,7 @@ class EdgeProxy:
 
     def application(self) -> web.Application:
         app = web.Application(
-            handler_args={"max_line_size": _MAX_HEADER_BYTES, "max_field_size": _MAX_HEADER_BYTES}
+            handler_args={"max_line_size": MAX_HEADER_BYTES, "max_field_size": MAX_HEADER_BYTES}
         )
         app.router.add_route("*", "/{path:.*}", self._handle)
         app.cleanup_ctx.append(_client_session)
@@ -105,7 +105,7 @@ class EdgeProxy:
         node = await self._node_for(request, route)
         if isinstance(node, web.Response):
             return node
-        headers = _end_to_end(request.headers)
+        headers = end_to_end(request.headers)
         headers.popall("Expect", None)
         if self._domain and _header_routed(request, self._domain):
             headers["Host"] = f"{route.port}-{route.sandbox_id}.{self._domain}"
@@ -120,11 +120,11 @@ class EdgeProxy:
         )
         session = request.app[_SESSION]
         try:
-            if _is_websocket_upgrade(request):
-                _, response = await _relay_websocket(request, session, url, headers)
+            if is_websocket_upgrade(request):
+                _, response = await relay_websocket(request, session, url, headers)
             else:
-                _, response = await _relay_http(request, session, url, headers)
-        except _PortNotOpen:
+                _, response = await relay_http(request, session, url, headers)
+        except PortNotOpen:
             _log.warning("node %s does not answer on its proxy port %d", node.address, node.proxy_port)
             return _json(
                 502, {"sandboxId": route.sandbox_id, "message": NODE_UNREACHABLE_MESSAGE, "code": 502}
@@ -181,9 +181,9 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=DIAL_TIMEOUT_S),
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=_NO_AUTO_HEADERS,
-        max_line_size=_MAX_HEADER_BYTES,
-        max_field_size=_MAX_HEADER_BYTES,
+        skip_auto_headers=NO_AUTO_HEADERS,
+        max_line_size=MAX_HEADER_BYTES,
+        max_field_size=MAX_HEADER_BYTES,
     ) as session:
         app[_SESSION] = session
         yield

@@ -19,8 +19,8 @@ from typing import Any
 
 from ember.api.errors import bad_request
 from ember.api.requests import Body
-from ember.orchestrator.routing import ENVD_PORT
 from ember.rpc import orchestrator_pb2
+from ember.traffic.routing import ENVD_PORT
 
 DEFAULT_NAMESERVER = "8.8.8.8/32"
 ALL_TRAFFIC = "0.0.0.0/0"

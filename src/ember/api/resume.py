@@ -27,8 +27,8 @@ from ember.api.nodes import NodeClient
 from ember.api.plane import ControlPlane
 from ember.api.sandboxes import TRANSITION_WAIT_S, resume
 from ember.api.tokens import tokens_match
-from ember.orchestrator.routing import ENVD_PORT
 from ember.rpc import proxy_pb2, proxy_pb2_grpc
+from ember.traffic.routing import ENVD_PORT
 
 _log = logging.getLogger(__name__)
 

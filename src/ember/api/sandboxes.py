@@ -30,7 +30,7 @@ from ember.api.plane import ControlPlane, utcnow
 from ember.api.records import SandboxSpec, SnapshotRecord, Team
 from ember.api.requests import Body
 from ember.api.views import rfc3339
-from ember.orchestrator.routing import ENVD_PORT, SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER
+from ember.traffic.routing import ENVD_PORT, SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER
 
 _log = logging.getLogger(__name__)
 

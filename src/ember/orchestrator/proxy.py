@@ -31,11 +31,8 @@ Upgrade header is dropped and the request is relayed as plain HTTP).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
 import hmac
 import ipaddress
-import json
 import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -43,15 +40,33 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import aiohttp
-from aiohttp import WSMsgType, web
-from multidict import CIMultiDict, CIMultiDictProxy
+from aiohttp import web
+from multidict import CIMultiDict
 from yarl import URL
 
 from ember.errors import EmberError
-from ember.orchestrator.routing import (
+from ember.traffic.relay import (
+    DIAL_TIMEOUT_S,
+    MAX_HEADER_BYTES,
+    NO_AUTO_HEADERS,
+    PortNotOpen,
+    ProxyOutcome,
+    end_to_end,
+    is_websocket_upgrade,
+    json_error,
+    plain_error,
+    relay_http,
+    relay_websocket,
+)
+from ember.traffic.routing import (
     ENVD_PORT,
+    RESERVED_ROUTE_MESSAGE,
     SANDBOX_ID_HEADER,
+    SANDBOX_NOT_FOUND_MESSAGE,
     SANDBOX_PORT_HEADER,
+    TOKEN_INVALID_MESSAGE,
+    TOKEN_MISSING_MESSAGE,
+    TRAFFIC_TOKEN_HEADER,
     Route,
     RouteError,
     is_envd_control_route,
@@ -60,58 +75,10 @@ from ember.orchestrator.routing import (
 
 DEFAULT_PORT = 5007
 IDLE_TIMEOUT_S = 620.0
-TRAFFIC_TOKEN_HEADER = "e2b-traffic-access-token"
-# Waits between the 5 dial attempts.
-DIAL_BACKOFF_S = (0.1, 0.2, 0.3, 0.4)
-# One attempt's bound, for a slot that drops SYNs instead of refusing them.
-DIAL_TIMEOUT_S = 30.0
-
-RESERVED_ROUTE_MESSAGE = (
-    "This endpoint is reserved for the E2B control plane and is not reachable through the sandbox URL"
-)
-SANDBOX_NOT_FOUND_MESSAGE = "The sandbox was not found"
-TOKEN_MISSING_MESSAGE = (
-    f"Sandbox is secured with traffic access token. Token header '{TRAFFIC_TOKEN_HEADER}' is missing"
-)
-TOKEN_INVALID_MESSAGE = (
-    "Sandbox is secured with traffic access token. "
-    f"Provided token in header '{TRAFFIC_TOKEN_HEADER}' is invalid"
-)
 PORT_NOT_OPEN_MESSAGE = "The sandbox is running but port is not open"
-# ember's own wording: the connection to the VM broke before its response began.
-UPSTREAM_FAILED_MESSAGE = "The sandbox closed the connection before answering"
-
 _log = logging.getLogger(__name__)
 
-# RFC 9110 section 7.6.1, plus Proxy-Connection, which old clients still send.
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-# aiohttp adds these to a client request unless told not to; the VM gets only what the client sent.
-_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-# aiohttp's WebSocket ends negotiate these themselves, each on its own leg.
-_WEBSOCKET_HANDSHAKE = (
-    "Sec-WebSocket-Key",
-    "Sec-WebSocket-Version",
-    "Sec-WebSocket-Extensions",
-    "Sec-WebSocket-Protocol",
-)
-# Close codes that must not be sent in a close frame (RFC 6455 section 7.4.1).
-_UNSENDABLE_CLOSE_CODES = frozenset({1005, 1006, 1015})
 _SHUTDOWN_GRACE_S = 1.0
-# Big cookies and tokens are common behind sandbox URLs; aiohttp's default is 8 KiB.
-_MAX_HEADER_BYTES = 64 * 1024
-
 _SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
 _T = TypeVar("_T")
 
@@ -139,22 +106,6 @@ NodeRoute = Callable[[web.Request], Awaitable[web.StreamResponse]]
 """One of the node's own pages (``/health``, ``/metrics``, uploads): a handler of the request."""
 
 
-class ProxyOutcome(enum.Enum):
-    """How one request ended; the metric label."""
-
-    PROXIED = "proxied"
-    WEBSOCKET = "websocket"
-    INVALID_ROUTE = "invalid_route"
-    RESERVED_ROUTE = "reserved_route"
-    SANDBOX_NOT_FOUND = "sandbox_not_found"
-    TOKEN_MISSING = "token_missing"
-    TOKEN_INVALID = "token_invalid"
-    PORT_NOT_OPEN = "port_not_open"
-    UPSTREAM_FAILED = "upstream_failed"
-    CLIENT_GONE = "client_gone"
-    NODE_PAGE = "node_page"
-
-
 def _zero_per_outcome() -> dict[ProxyOutcome, int]:
     return dict.fromkeys(ProxyOutcome, 0)
 
@@ -179,10 +130,6 @@ class ProxyCounters:
 
 class ProxyError(EmberError):
     """The node proxy cannot listen, or was started while it runs."""
-
-
-class _PortNotOpen(Exception):
-    """Every dial attempt failed; the handler answers 502."""
 
 
 class NodeProxy:
@@ -215,7 +162,7 @@ class NodeProxy:
         away also drops its request to the VM instead of waiting for the VM's answer.
         """
         app = web.Application(
-            handler_args={"max_line_size": _MAX_HEADER_BYTES, "max_field_size": _MAX_HEADER_BYTES}
+            handler_args={"max_line_size": MAX_HEADER_BYTES, "max_field_size": MAX_HEADER_BYTES}
         )
         app.router.add_route("*", "/{path:.*}", self._handle)
         app.cleanup_ctx.append(_client_session)
@@ -278,22 +225,22 @@ class NodeProxy:
             page = self._node_page(request.path)
             if page is not None and _addresses_the_node(request):
                 return ProxyOutcome.NODE_PAGE, await page(request)
-            return ProxyOutcome.INVALID_ROUTE, _plain_error(400, exc.message)
+            return ProxyOutcome.INVALID_ROUTE, plain_error(400, exc.message)
         raw_path = request.rel_url.raw_path
         if is_envd_control_route(route, raw_path):
             path = urllib.parse.unquote(raw_path)
             body: dict[str, str | int] = {"message": RESERVED_ROUTE_MESSAGE, "path": path, "code": 404}
-            return ProxyOutcome.RESERVED_ROUTE, _json_error(404, body)
+            return ProxyOutcome.RESERVED_ROUTE, json_error(404, body)
         target = self._directory.lookup(route.sandbox_id)
         if target is None:
             body = {"sandboxId": route.sandbox_id, "message": SANDBOX_NOT_FOUND_MESSAGE, "code": 502}
-            return ProxyOutcome.SANDBOX_NOT_FOUND, _json_error(502, body)
+            return ProxyOutcome.SANDBOX_NOT_FOUND, json_error(502, body)
         if route.port != ENVD_PORT and target.traffic_access_token is not None:
             given = request.headers.get(TRAFFIC_TOKEN_HEADER)
             if given is None:
-                return ProxyOutcome.TOKEN_MISSING, _plain_error(403, TOKEN_MISSING_MESSAGE)
+                return ProxyOutcome.TOKEN_MISSING, plain_error(403, TOKEN_MISSING_MESSAGE)
             if not hmac.compare_digest(given.encode(), target.traffic_access_token.encode()):
-                return ProxyOutcome.TOKEN_INVALID, _plain_error(403, TOKEN_INVALID_MESSAGE)
+                return ProxyOutcome.TOKEN_INVALID, plain_error(403, TOKEN_INVALID_MESSAGE)
         session = request.app[_SESSION]
         url = URL.build(
             scheme="http",
@@ -305,17 +252,17 @@ class NodeProxy:
         )
         headers = _upstream_headers(request, target, route)
         try:
-            if _is_websocket_upgrade(request):
-                return await _relay_websocket(request, session, url, headers)
-            return await _relay_http(request, session, url, headers)
-        except _PortNotOpen:
+            if is_websocket_upgrade(request):
+                return await relay_websocket(request, session, url, headers)
+            return await relay_http(request, session, url, headers)
+        except PortNotOpen:
             body = {
                 "sandboxId": route.sandbox_id,
                 "message": PORT_NOT_OPEN_MESSAGE,
                 "port": route.port,
                 "code": 502,
             }
-            return ProxyOutcome.PORT_NOT_OPEN, _json_error(502, body)
+            return ProxyOutcome.PORT_NOT_OPEN, json_error(502, body)
 
 
 def _addresses_the_node(request: web.Request) -> bool:
@@ -340,38 +287,12 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=DIAL_TIMEOUT_S),
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=_NO_AUTO_HEADERS,
-        max_line_size=_MAX_HEADER_BYTES,
-        max_field_size=_MAX_HEADER_BYTES,
+        skip_auto_headers=NO_AUTO_HEADERS,
+        max_line_size=MAX_HEADER_BYTES,
+        max_field_size=MAX_HEADER_BYTES,
     ) as session:
         app[_SESSION] = session
         yield
-
-
-def _json_error(status: int, body: dict[str, str | int]) -> web.Response:
-    """An error answer; ``body`` keeps the key order of the original's answer."""
-    return web.Response(
-        status=status,
-        body=json.dumps(body, separators=(",", ":")).encode(),
-        content_type="application/json",
-    )
-
-
-def _plain_error(status: int, message: str) -> web.Response:
-    return _json_error(status, {"code": status, "message": message})
-
-
-def _end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """``headers`` without hop-by-hop ones, including those the Connection header names."""
-    named = {
-        token.strip().lower() for value in headers.getall("Connection", ()) for token in value.split(",")
-    }
-    kept: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        lowered = name.lower()
-        if lowered not in _HOP_BY_HOP and lowered not in named:
-            kept.add(name, value)
-    return kept
 
 
 def _upstream_headers(request: web.Request, target: ProxyTarget, route: Route) -> CIMultiDict[str]:
@@ -379,158 +300,10 @@ def _upstream_headers(request: web.Request, target: ProxyTarget, route: Route) -
 
     ``Expect`` is dropped: aiohttp has already answered ``100 Continue`` to the client.
     """
-    headers = _end_to_end(request.headers)
+    headers = end_to_end(request.headers)
     headers.popall("Expect", None)
     if target.mask_request_host is not None and route.port != ENVD_PORT:
         original_host = request.headers.get("Host", "")
         headers["Host"] = target.mask_request_host.replace("${PORT}", str(route.port))
         headers["X-Forwarded-Host"] = original_host
     return headers
-
-
-def _is_websocket_upgrade(request: web.Request) -> bool:
-    connection = {token.strip().lower() for token in request.headers.get("Connection", "").split(",")}
-    return "upgrade" in connection and request.headers.get("Upgrade", "").lower() == "websocket"
-
-
-async def _dial_with_retries(attempt: Callable[[], Awaitable[_T]]) -> _T:
-    """``attempt()`` until it connects: 5 tries with backoff; raises _PortNotOpen after the last.
-
-    Only a failed dial is retried (refused, unreachable, timed out): nothing was sent yet.
-    """
-    for wait_s in (*DIAL_BACKOFF_S, None):
-        try:
-            return await attempt()
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            if wait_s is None:
-                raise _PortNotOpen from exc
-            await asyncio.sleep(wait_s)
-    raise AssertionError("unreachable: the last attempt returns or raises")
-
-
-async def _relay_http(
-    request: web.Request, session: aiohttp.ClientSession, url: URL, headers: CIMultiDict[str]
-) -> tuple[ProxyOutcome, web.StreamResponse]:
-    """One request to the VM; the response streams back as it arrives."""
-
-    async def attempt() -> aiohttp.ClientResponse:
-        # A fresh body reader per attempt: a failed dial never started the previous one.
-        body = _request_body(request) if request.body_exists else None
-        return await session.request(request.method, url, headers=headers, data=body, allow_redirects=False)
-
-    try:
-        upstream = await _dial_with_retries(attempt)
-    except aiohttp.ClientError as exc:
-        _log.info("upstream %s failed before answering: %s", url, exc)
-        return ProxyOutcome.UPSTREAM_FAILED, _plain_error(502, UPSTREAM_FAILED_MESSAGE)
-    async with upstream:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(_end_to_end(upstream.headers))
-        try:
-            await response.prepare(request)
-        except ConnectionError:
-            return ProxyOutcome.CLIENT_GONE, response
-        while True:
-            try:
-                chunk = await upstream.content.readany()
-            except aiohttp.ClientError as exc:
-                # The status is out: only a broken connection tells the client its body is cut short.
-                _log.info("upstream %s broke mid-response: %s", url, exc)
-                _abort(request)
-                return ProxyOutcome.UPSTREAM_FAILED, response
-            if not chunk:
-                break
-            try:
-                await response.write(chunk)
-            except ConnectionError:
-                return ProxyOutcome.CLIENT_GONE, response
-        with contextlib.suppress(ConnectionError):
-            await response.write_eof()
-        return ProxyOutcome.PROXIED, response
-
-
-async def _request_body(request: web.Request) -> AsyncIterator[bytes]:
-    async for chunk in request.content.iter_any():
-        yield chunk
-
-
-def _abort(request: web.Request) -> None:
-    if request.transport is not None:
-        request.transport.abort()
-
-
-async def _relay_websocket(
-    request: web.Request, session: aiohttp.ClientSession, url: URL, headers: CIMultiDict[str]
-) -> tuple[ProxyOutcome, web.StreamResponse]:
-    """Handshake with the VM first, so a refused upgrade reaches the client as the VM's status."""
-    protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
-    for name in _WEBSOCKET_HANDSHAKE:
-        headers.popall(name, None)
-
-    async def attempt() -> aiohttp.ClientWebSocketResponse:
-        return await session.ws_connect(
-            url,
-            headers=headers,
-            protocols=protocols,
-            autoping=False,
-            max_msg_size=0,
-        )
-
-    try:
-        upstream = await _dial_with_retries(attempt)
-    except aiohttp.WSServerHandshakeError as exc:
-        refused = web.Response(status=exc.status)
-        if exc.headers is not None:
-            refused.headers.extend(_end_to_end(CIMultiDictProxy(CIMultiDict(exc.headers))))
-        refused.headers.popall("Content-Length", None)
-        return ProxyOutcome.PROXIED, refused
-    except aiohttp.ClientError as exc:
-        _log.info("upstream websocket %s failed: %s", url, exc)
-        return ProxyOutcome.UPSTREAM_FAILED, _plain_error(502, UPSTREAM_FAILED_MESSAGE)
-    async with upstream:
-        client = web.WebSocketResponse(
-            protocols=[upstream.protocol] if upstream.protocol else (), autoping=False, max_msg_size=0
-        )
-        try:
-            await client.prepare(request)
-        except ConnectionError:
-            return ProxyOutcome.CLIENT_GONE, client
-        to_vm = asyncio.create_task(_pump(client, upstream))
-        to_client = asyncio.create_task(_pump(upstream, client))
-        try:
-            done, _ = await asyncio.wait({to_vm, to_client}, return_when=asyncio.FIRST_COMPLETED)
-        finally:  # also when this handler is cancelled: no pump outlives the session
-            for task in (to_vm, to_client):
-                task.cancel()
-            await asyncio.gather(to_vm, to_client, return_exceptions=True)
-        # Whichever side closed first gives the close code to the other.
-        code = _sendable_close_code(upstream.close_code if to_client in done else client.close_code)
-        await client.close(code=code)
-        await upstream.close(code=code)
-        return ProxyOutcome.WEBSOCKET, client
-
-
-async def _pump(
-    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-) -> None:
-    """Copy messages until ``source`` closes or errs; pings and pongs pass through too."""
-    with contextlib.suppress(ConnectionError, aiohttp.ClientError):
-        async for message in source:
-            if message.type == WSMsgType.TEXT:
-                await sink.send_str(message.data)
-            elif message.type == WSMsgType.BINARY:
-                await sink.send_bytes(message.data)
-            elif message.type == WSMsgType.PING:
-                await sink.ping(message.data)
-            elif message.type == WSMsgType.PONG:
-                await sink.pong(message.data)
-            elif message.type == WSMsgType.ERROR:
-                return
-
-
-def _sendable_close_code(code: int | None) -> int:
-    """The peer's close code, or 1000 when it sent none or one that cannot be sent on."""
-    if code is None or code in _UNSENDABLE_CLOSE_CODES:
-        return 1000
-    return code

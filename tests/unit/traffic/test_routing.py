@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from ember.orchestrator.routing import (
+from ember.traffic.routing import (
     ENVD_PORT,
     INVALID_HOST,
     INVALID_SANDBOX_ID,

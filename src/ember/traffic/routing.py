@@ -40,6 +40,19 @@ ENVD_CONTROL_ROUTES = frozenset(
     {"/init", "/upgrade", "/freeze", "/unfreeze", "/fsfreeze", "/fsthaw", "/collapse"}
 )
 
+TRAFFIC_TOKEN_HEADER = "e2b-traffic-access-token"
+RESERVED_ROUTE_MESSAGE = (
+    "This endpoint is reserved for the E2B control plane and is not reachable through the sandbox URL"
+)
+SANDBOX_NOT_FOUND_MESSAGE = "The sandbox was not found"
+TOKEN_MISSING_MESSAGE = (
+    f"Sandbox is secured with traffic access token. Token header '{TRAFFIC_TOKEN_HEADER}' is missing"
+)
+TOKEN_INVALID_MESSAGE = (
+    "Sandbox is secured with traffic access token. "
+    f"Provided token in header '{TRAFFIC_TOKEN_HEADER}' is invalid"
+)
+
 _SANDBOX_ID = re.compile(r"[a-z0-9]+")
 # What Go's strconv.Atoi accepts; the range check below keeps the result a TCP port.
 _PORT = re.compile(r"[+-]?[0-9]+")
