@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "hammer-file": "ember.cli.hammer_file",
     "mount-build-rootfs": "ember.cli.mount_build_rootfs",
     "orchestrator": "ember.cli.orchestrator",
+    "serve": "ember.cli.serve",
     "api": "ember.cli.api",
     "api-key": "ember.cli.api_key",
     "gc": "ember.cli.gc",
