@@ -1,9 +1,10 @@
-# ember: `make demo` runs the main job, `make test` the whole test suite; both set up first.
+# ember: `make demo` runs the main job (ember serve + E2B's SDK), `make test` the whole test suite;
+# both set up first.
 VENV := .venv
 PY := $(VENV)/bin/python
 STORAGE ?= .local-build
 
-.PHONY: setup demo demo-formats test test-fast lint bench clean
+.PHONY: setup demo demo-tools demo-formats test test-fast lint bench clean
 
 setup:
 	bash scripts/setup.sh
@@ -20,6 +21,9 @@ test-fast: lint
 
 demo: setup
 	bash scripts/demo.sh $(STORAGE)
+
+demo-tools: setup
+	bash scripts/demo-tools.sh $(STORAGE)
 
 demo-formats: setup
 	bash scripts/demo-formats.sh $(STORAGE)

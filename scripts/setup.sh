@@ -15,6 +15,8 @@ cd "$(dirname "$0")/.."
 #   gcc, python3-dev  compile the C extensions (src/ember/*/_*.c: fault loop, mapped reads, diff packing)
 #   libpq5       the PostgreSQL client library psycopg loads (ember api -db postgresql://...)
 #   postgresql   initdb, pg_ctl, postgres: the API store tests start a throwaway server
+#   skopeo, umoci  template builds from OCI images: pull (registry, OCI layout, docker-archive), unpack
+#   docker-registry  a local registry the template tests push an image to
 apt_packages=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_packages+=(python3-venv)
 need() { command -v "$1" >/dev/null || [[ -e $1 ]] || apt_packages+=("$2"); }
@@ -35,6 +37,9 @@ need /usr/sbin/ip iproute2
 need gcc gcc
 need /usr/share/doc/libpq5 libpq5
 need /usr/lib/postgresql postgresql
+need skopeo skopeo
+need umoci umoci
+need docker-registry docker-registry
 python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_path("include") + "/Python.h"))' \
     || apt_packages+=(python3-dev)
 if ((${#apt_packages[@]})); then
