@@ -29,7 +29,7 @@ import threading
 import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ember.build import claim_build
 from ember.environment import Environment
@@ -45,8 +45,19 @@ from ember.sandbox.slots import SlotKeeper
 from ember.sandbox.worker import WorkerClient, WorkerPool, WorkerSetup
 from ember.storage import BuildPaths, ChunkCache
 
-if TYPE_CHECKING:
-    from ember.sandbox.sandbox import Sandbox
+
+class NodeSandbox(Protocol):
+    """What a node needs of the sandboxes it holds: to watch their processes and to end them."""
+
+    @property
+    def id(self) -> str: ...
+
+    def process_sentinel(self) -> int | None: ...
+
+    def process_exited(self) -> None: ...
+
+    def kill(self) -> None: ...
+
 
 _log = logging.getLogger(__name__)
 
@@ -79,7 +90,7 @@ class Node:
         self._builds: dict[uuid.UUID, BuildInfo] = {}
         self._build_locks: dict[uuid.UUID, threading.Lock] = {}
         self._builds_lock = threading.Lock()
-        self._sandboxes: dict[str, Sandbox] = {}
+        self._sandboxes: dict[str, NodeSandbox] = {}
         self._sandboxes_lock = threading.Lock()
         self._closed = threading.Event()
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -112,15 +123,19 @@ class Node:
             raise TargetTaken(str(exc)) from exc
         return build_id
 
-    def release_claim(self, build_id: uuid.UUID) -> None:
+    def release_claim(self, build_id: uuid.UUID, *, keep_complete: bool = True) -> None:
         """Give up a build this node claimed and did not finish: every object it wrote goes with the claim.
 
-        Only for a claim this node holds; a build with metadata.json is complete and kept.
+        Only for a claim this node holds; a build with metadata.json is complete and kept,
+        unless ``keep_complete`` is False: a pause its caller was told had failed (interrupted
+        after the sandbox process had stored it) must not leave a build behind either.
         """
         paths = BuildPaths(build_id)
-        if self.storage.exists(paths.metadata):
+        if keep_complete and self.storage.exists(paths.metadata):
             return
         try:
+            if not keep_complete:
+                self.storage.delete_prefix(paths.metadata)  # first: never a half-removed "complete" build
             self.storage.delete_prefix(f"{paths.build_id}/")
         except EmberError as exc:
             _log.warning("cannot remove the unfinished build %s: %s", build_id, exc)
@@ -148,22 +163,22 @@ class Node:
         except Exception:  # a broken sink must not break a sandbox
             _log.exception("event sink failed on %s", event.name)
 
-    def register(self, sandbox: Sandbox) -> None:
+    def register(self, sandbox: NodeSandbox) -> None:
         with self._sandboxes_lock:
             self._sandboxes[sandbox.id] = sandbox
         self._wake()
 
-    def unregister(self, sandbox: Sandbox) -> None:
+    def unregister(self, sandbox: NodeSandbox) -> None:
         with self._sandboxes_lock:
             if self._sandboxes.get(sandbox.id) is sandbox:
                 del self._sandboxes[sandbox.id]
         self._wake()
 
-    def get(self, sandbox_id: str) -> Sandbox | None:
+    def get(self, sandbox_id: str) -> NodeSandbox | None:
         with self._sandboxes_lock:
             return self._sandboxes.get(sandbox_id)
 
-    def sandboxes(self) -> list[Sandbox]:
+    def sandboxes(self) -> list[NodeSandbox]:
         with self._sandboxes_lock:
             return list(self._sandboxes.values())
 
@@ -174,7 +189,7 @@ class Node:
     def _watch(self) -> None:
         """Fail a sandbox whose process exited on its own (its VMM died)."""
         while not self._closed.is_set():
-            watched: dict[Any, Sandbox] = {}
+            watched: dict[Any, NodeSandbox] = {}
             for sandbox in self.sandboxes():
                 sentinel = sandbox.process_sentinel()
                 if sentinel is not None:
