@@ -40,6 +40,7 @@ from ember.envd import ENVD_VERSION
 from ember.errors import UsageError
 from ember.orchestrator.daemon import Daemon, DaemonConfig
 from ember.sandbox import CreateOptions, SandboxEvent, create_build
+from ember.storage.paths import METADATA, BuildPaths
 
 _log = logging.getLogger(__name__)
 
@@ -117,16 +118,29 @@ class LocalStack:
                 edge_port=config.edge_port,
                 internal_grpc_port=config.internal_grpc_port,
                 templates=(build,) if build is not None else (),
+                storage_url=str(config.storage),
             )
         )
         await api.start()
 
     async def _base_template(self, store: Store) -> TemplateRegistration | None:
-        """The ``base`` template, built now if the database has none (None: it exists)."""
-        if await store.find_template(BASE_TEMPLATE) is not None:
-            return None
+        """The ``base`` template, built now if the database has none (None: it exists).
+
+        A database whose ``base`` names a build the storage lacks (a storage emptied or
+        replaced under a kept database) gets a new build: creates from it would all fail.
+        """
         assert self.daemon is not None and self.daemon.node is not None
         node = self.daemon.node
+        found = await store.find_template(BASE_TEMPLATE)
+        if found is not None:
+            if found.build_id is not None:
+                metadata = BuildPaths(found.build_id).key(METADATA)
+                if await asyncio.to_thread(node.storage.exists, metadata):
+                    return None
+            self._say(
+                f"The {BASE_TEMPLATE!r} template's build {found.build_id} is not in {node.storage.url}:"
+                " building it again"
+            )
         build = uuid.uuid4()
         self._say(
             f"Building the {BASE_TEMPLATE!r} template (build {build}); the first time takes a few minutes"
@@ -165,18 +179,28 @@ class LocalStack:
         )
 
     async def _api_key(self, store: Store) -> str:
-        """The key made on the first start, kept (readable by its owner only) so every start can print it."""
+        """The key made on the first start, kept (readable by its owner only) so every start can print it.
+
+        The file outlives a database it was made for (another ``-db``, a database recreated):
+        a key the database does not know is added to it, so the printed key always works.
+        """
         path = self.config.storage / API_KEY_FILE
         if path.is_file():
-            return path.read_text().strip()
+            key = path.read_text().strip()
+            if await store.team_for_api_key(hash_api_key(key)) is None:
+                await self._add_api_key(store, key)
+            return key
         key = new_api_key()
-        team = await store.default_team()
-        record = ApiKey(str(uuid.uuid4()), team.id, "ember serve", mask_api_key(key), dt.datetime.now(dt.UTC))
-        await store.add_api_key(record, hash_api_key(key))
+        await self._add_api_key(store, key)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as target:
             target.write(key + "\n")
         return key
+
+    async def _add_api_key(self, store: Store, key: str) -> None:
+        team = await store.default_team()
+        record = ApiKey(str(uuid.uuid4()), team.id, "ember serve", mask_api_key(key), dt.datetime.now(dt.UTC))
+        await store.add_api_key(record, hash_api_key(key))
 
     def environment(self) -> dict[str, str]:
         """What a client exports to reach this stack with E2B's SDKs."""

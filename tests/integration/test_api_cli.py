@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import os
 import signal
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from test_api_stub_orchestrator import BASE_BUILD, DOMAIN, StubCluster, free_port
+
+from ember.api import TemplateRegistration, open_store
+from ember.api.records import SandboxSpec, SnapshotRecord
+from ember.api.templates import register
+from ember.build.gc.synthetic import write_synthetic_build
+from ember.cli import main
+from ember.storage import LocalStorage
 
 e2b = pytest.importorskip("e2b", reason="the e2b SDK is a test extra: pip install -e '.[test]'")
 
@@ -82,3 +93,42 @@ def test_ember_api_serves_the_sdk_and_stops_on_sigterm(
     assert "Traceback" not in err
     assert sandbox.sandbox_id in cluster.running()  # stopping the API leaves sandboxes running
     assert os.path.exists(tmp_path / "api.sqlite3")
+
+
+def test_gc_takes_its_roots_from_the_api_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    storage = LocalStorage(tmp_path / "store" / "templates")
+    base = write_synthetic_build(storage, uuid.UUID(BASE_BUILD), seed=1)
+    snapshot = write_synthetic_build(storage, uuid.uuid4(), base, seed=2)
+    orphan = write_synthetic_build(storage, uuid.uuid4(), base, seed=3)
+    two_days_ago = time.time() - 2 * 86400
+    for path in (tmp_path / "store").rglob("*"):
+        os.utime(path, (two_days_ago, two_days_ago))
+    db = f"sqlite://{tmp_path / 'api.sqlite3'}"
+
+    async def rows() -> None:
+        store = await open_store(db)
+        try:
+            team = await store.default_team()
+            await register(store, team, TemplateRegistration("base", BASE_BUILD))
+            now = dt.datetime.now(dt.UTC)
+            spec = SandboxSpec(team.id, "snap", "base", str(snapshot.build_id), 2, 512, 1024, "0.5.4", 24)
+            await store.put_snapshot(SnapshotRecord("ipaused", spec, "node", now, now))
+        finally:
+            await store.close()
+
+    missing = f"sqlite://{tmp_path / 'missing.sqlite3'}"
+    assert main(["gc", "-storage", str(tmp_path / "store"), "-db", missing, "-dry-run=false"]) == 2
+    assert "there is no database at" in capsys.readouterr().err
+    assert not (tmp_path / "missing.sqlite3").exists()
+    empty = asyncio.run(open_store(f"sqlite://{tmp_path / 'empty.sqlite3'}"))
+    asyncio.run(empty.close())
+    assert (
+        main(["gc", "-storage", str(tmp_path / "store"), "-db", f"sqlite://{tmp_path / 'empty.sqlite3'}"])
+        == 2
+    )
+    assert "names no build in use" in capsys.readouterr().err
+    asyncio.run(rows())
+    assert main(["gc", "-storage", str(tmp_path / "store"), "-db", db, "-dry-run=false"]) == 0
+    out = capsys.readouterr().out
+    assert str(orphan.build_id) in out and "deleted 1 builds" in out
+    assert {key.split("/", 1)[0] for key in storage.list("")} == {BASE_BUILD, str(snapshot.build_id)}

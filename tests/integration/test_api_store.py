@@ -6,6 +6,7 @@ dir, on a free loopback port, as ``nobody`` when the tests run as root; torn dow
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import glob
 import os
@@ -30,6 +31,7 @@ from ember.api.records import (
     Team,
     Template,
     TemplateKind,
+    TemplateTag,
 )
 from ember.api.store import Store, StoreConflict, StoreError, open_store
 from ember.api.store.migrations import MIGRATIONS
@@ -307,3 +309,120 @@ def test_unknown_database_urls_are_a_usage_error() -> None:
 def test_an_unreachable_postgres_is_a_store_error() -> None:
     with pytest.raises(StoreError):
         _run(open_store(f"postgresql://nobody@127.0.0.1:{free_port()}/none?connect_timeout=2"))
+
+
+def test_a_version_1_database_is_migrated_to_version_2_keeping_its_rows(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ember.api.store.sql as sql
+
+    async def old(store: Store) -> None:
+        assert await store.schema_version() == 1
+        team = await store.default_team()
+        run: Any = store._run  # type: ignore[attr-defined]
+        execute: Any = store._execute  # type: ignore[attr-defined]
+        ts: Any = store._ts_in  # type: ignore[attr-defined]
+        await run(
+            execute,
+            "INSERT INTO templates (id, team_id, kind, public, build_id, source_sandbox_id, spawn_count, "
+            "last_spawned_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ("t1", team.id, "template", False, "b1", None, 0, None, ts(NOW), ts(NOW)),
+        )
+        await run(
+            execute,
+            "INSERT INTO template_builds (build_id, template_id, status, vcpu, ram_mb, disk_mb, "
+            "envd_version, kernel_version, firecracker_version, created_at, finished_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ("b1", "t1", "ready", 2, 512, 1024, "0.5.4", "6.1", "v1.10", ts(NOW), ts(NOW)),
+        )
+
+    with monkeypatch.context() as patched:
+        patched.setattr(sql, "MIGRATIONS", MIGRATIONS[:1])
+        _with_store(db_url, old)
+
+    async def new(store: Store) -> None:
+        assert await store.schema_version() == len(MIGRATIONS) == 2
+        build = await store.get_build("b1")
+        assert build == Build("b1", "t1", BuildStatus.READY, 2, 512, 1024, "0.5.4", NOW, "6.1", "v1.10", NOW)
+        assert build.tags == () and build.node is None
+        assert await store.list_tags("t1") == [TemplateTag("default", "b1", NOW)]
+
+    _with_store(db_url, new)
+
+
+def test_template_builds_move_from_waiting_to_ready_and_take_their_tags(db_url: str) -> None:
+    async def test(store: Store) -> None:
+        team = await store.default_team()
+        later = NOW + dt.timedelta(seconds=5)
+        first = Build("b1", "t1", BuildStatus.WAITING, 2, 1024, 1024, "", NOW, tags=("default", "v1"))
+        template = Template("t1", team.id, TemplateKind.TEMPLATE, False, None, NOW, NOW, aliases=("tpl",))
+        await store.create_template(template, first)
+        second = Build("b2", "t1", BuildStatus.WAITING, 2, 1024, 1024, "", later, tags=("default",))
+        await store.add_build(second, make_current=False)
+        assert await store.build_roots() == {"b1", "b2"}  # unfinished builds are in use
+
+        assert await store.start_build("b1", "node-a", "base-build") is True
+        assert await store.start_build("b1", "node-b", None) is False  # started once only
+        assert await store.start_build("b2", "node-a", None) is True
+        assert [b.build_id for b in await store.builds_with_status([BuildStatus.BUILDING])] == ["b1", "b2"]
+        assert "base-build" in await store.build_roots()
+
+        ready = await store.finish_build(
+            "b2", later, envd_version="0.6.4", kernel_version="6.1", firecracker_version="v1.14", disk_mb=2048
+        )
+        assert ready is not None and (ready.status, ready.envd_version, ready.disk_mb) == (
+            BuildStatus.READY,
+            "0.6.4",
+            2048,
+        )
+        current = await store.get_template("t1")
+        assert current is not None and current.build_id == "b2"
+        # the older build finishing later takes its other tags but not "default"
+        older = await store.finish_build(
+            "b1", later, envd_version="0.6.4", kernel_version="", firecracker_version="", disk_mb=None
+        )
+        assert older is not None and older.disk_mb == 1024 and older.node == "node-a"
+        assert (
+            await store.finish_build(
+                "b1", later, envd_version="x", kernel_version="", firecracker_version="", disk_mb=None
+            )
+            is None
+        )
+        current = await store.get_template("t1")
+        assert current is not None and current.build_id == "b2"
+        assert await store.tagged_build("t1", "v1") == "b1"
+        assert await store.tagged_build("t1", "default") == "b2"
+        assert await store.tagged_build("t1", "nope") is None
+        assert [(t.tag, t.build_id) for t in await store.list_tags("t1")] == [("default", "b2"), ("v1", "b1")]
+
+        await store.assign_tags("t1", "b1", ["stable", "default"], later)
+        assert [(t.tag, t.build_id) for t in await store.list_tags("t1")] == [
+            ("default", "b1"),
+            ("stable", "b1"),
+            ("v1", "b1"),
+        ]
+        assert await store.remove_tags("t1", ["stable", "missing"]) == ["stable"]
+        assert await store.build_roots() == {"b1"}
+
+        third = Build("b3", "t1", BuildStatus.WAITING, 2, 1024, 1024, "", later)
+        await store.add_build(third, make_current=False)
+        assert await store.fail_build("b3", later, "step 2 failed", "2") is True
+        assert await store.fail_build("b3", later, "again", None) is False
+        failed = await store.get_build("b3")
+        assert failed is not None and (failed.status, failed.reason, failed.reason_step) == (
+            BuildStatus.ERROR,
+            "step 2 failed",
+            "2",
+        )
+        await store.update_build(dataclasses.replace(failed, node="node-c"))
+        moved = await store.get_build("b3")
+        assert moved is not None and moved.node == "node-c"
+
+        paused = _spec(team)
+        await store.put_snapshot(SnapshotRecord("i1", paused, "node-a", NOW, NOW))
+        assert await store.build_roots() == {"b1", paused.build_id}
+        assert await store.delete_template("t1") is True
+        assert await store.list_tags("t1") == []
+        assert await store.build_roots() == {paused.build_id}
+
+    _with_store(db_url, test)

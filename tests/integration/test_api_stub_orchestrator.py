@@ -2,13 +2,20 @@
 
 No VM boots here. Each ``StubNode`` is what ``ember api`` talks to on a real node:
 
-* a real gRPC server (``grpc.server``, threads) serving ember's ``SandboxService`` and
-  ``InfoService`` with in-memory behaviour: Create remembers the sandbox, Pause and Delete
-  forget it, Checkpoint keeps it; every request is recorded for the tests to read;
+* a real gRPC server (``grpc.server``, threads) serving ember's ``SandboxService``,
+  ``InfoService`` and ``TemplateService`` with in-memory behaviour: Create remembers the
+  sandbox, Pause and Delete forget it, Checkpoint keeps it; TemplateCreate runs a scripted
+  build (``StubTemplates``) that completes after a few status polls, and fails at a RUN step
+  whose command is ``false``; every request is recorded for the tests to read;
 * the real node sandbox proxy (``ember.orchestrator.proxy.NodeProxy``) over the stub's
   sandboxes, every one of which is "reached" at one stand-in VM: an aiohttp server on a
   random 127.x.y.z address serving envd's port (``/health``, ``/metrics``) and an app port
-  (an echo, a controlled stream, a WebSocket echo).
+  (an echo, a controlled stream, a WebSocket echo). Like a real node's, the proxy also
+  serves the node's own ``PUT /upload/{scope}/{hash}?token=`` for COPY files, the URL
+  ``InitLayerFileUpload`` answers;
+* optionally a real build storage: a ready template build and each Pause then write a
+  small synthetic build there (``ember.build.gc.synthetic``, real headers over the parent's),
+  so the API's gc has real chains to follow.
 
 Every node listens on its own loopback address, so all nodes share one sandbox-proxy port as
 real nodes do. ``ApiHarness`` runs ``ember.api.ApiServer`` on its own event loop thread over
@@ -31,7 +38,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import aiohttp
 import grpc
@@ -42,8 +49,17 @@ from google.protobuf import empty_pb2
 from ember.api import ApiConfig, ApiServer, TemplateRegistration, open_store
 from ember.api.auth import hash_api_key, mask_api_key, new_api_key
 from ember.api.records import ApiKey
+from ember.build.gc.synthetic import SyntheticBuild, write_synthetic_build
 from ember.orchestrator.proxy import NodeProxy, ProxyTarget
-from ember.rpc import info_pb2, info_pb2_grpc, orchestrator_pb2, orchestrator_pb2_grpc
+from ember.rpc import (
+    info_pb2,
+    info_pb2_grpc,
+    orchestrator_pb2,
+    orchestrator_pb2_grpc,
+    template_manager_pb2,
+    template_manager_pb2_grpc,
+)
+from ember.storage import Storage
 from ember.traffic.routing import ENVD_PORT, SANDBOX_ID_HEADER
 
 _T = TypeVar("_T")
@@ -173,6 +189,12 @@ class StubVm:
 # -- the stub node ---------------------------------------------------------------------------------
 
 
+def _abort(context: Any, code: grpc.StatusCode, message: str) -> NoReturn:
+    """``context.abort`` (it raises), typed as never returning."""
+    context.abort(code, message)
+    raise AssertionError("grpc's abort returned")
+
+
 @dataclass
 class StubSandbox:
     config: orchestrator_pb2.SandboxConfig
@@ -209,7 +231,7 @@ class _SandboxService(orchestrator_pb2_grpc.SandboxServiceServicer):
             self.node.updates.append(request)
             sandbox = self.node.sandboxes.get(request.sandbox_id)
             if sandbox is None:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"sandbox {request.sandbox_id} is not running")
+                _abort(context, grpc.StatusCode.NOT_FOUND, f"sandbox {request.sandbox_id} is not running")
             if request.HasField("end_time"):
                 sandbox.end_time = request.end_time.ToDatetime(dt.UTC)
         return empty_pb2.Empty()
@@ -242,8 +264,10 @@ class _SandboxService(orchestrator_pb2_grpc.SandboxServiceServicer):
             self.node.pauses.append(request)
             if request.filesystem_only:
                 context.abort(grpc.StatusCode.UNIMPLEMENTED, "filesystem-only pauses are not supported")
-            if self.node.sandboxes.pop(request.sandbox_id, None) is None:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"sandbox {request.sandbox_id} is not running")
+            sandbox = self.node.sandboxes.pop(request.sandbox_id, None)
+            if sandbox is None:
+                _abort(context, grpc.StatusCode.NOT_FOUND, f"sandbox {request.sandbox_id} is not running")
+        self.node.store_build(request.build_id, sandbox.config.build_id)
         return orchestrator_pb2.SandboxPauseResponse(
             scheduling_metadata=orchestrator_pb2.SchedulingMetadata(build_id=request.build_id)
         )
@@ -251,11 +275,151 @@ class _SandboxService(orchestrator_pb2_grpc.SandboxServiceServicer):
     def Checkpoint(self, request: Any, context: Any) -> Any:
         with self.node.lock:
             self.node.checkpoints.append(request)
-            if request.sandbox_id not in self.node.sandboxes:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"sandbox {request.sandbox_id} is not running")
+            sandbox = self.node.sandboxes.get(request.sandbox_id)
+            if sandbox is None:
+                _abort(context, grpc.StatusCode.NOT_FOUND, f"sandbox {request.sandbox_id} is not running")
+        self.node.store_build(request.build_id, sandbox.config.build_id)
         return orchestrator_pb2.SandboxCheckpointResponse(
             scheduling_metadata=orchestrator_pb2.SchedulingMetadata(build_id=request.build_id)
         )
+
+
+@dataclass
+class StubBuild:
+    """One template build the stub runs: its request, its whole log and outcome, the polls so far."""
+
+    request: Any
+    entries: list[Any]
+    failure: tuple[str, str] | None
+    """(message, step) when the script fails."""
+    polls: int = 0
+
+
+def _log_entry(message: str, step: str | None, level: Any = template_manager_pb2.Info) -> Any:
+    entry = template_manager_pb2.TemplateBuildLogEntry(
+        message=message, level=level, fields={"step": step} if step else {}
+    )
+    entry.timestamp.FromDatetime(dt.datetime.now(dt.UTC))
+    return entry
+
+
+class StubTemplates(template_manager_pb2_grpc.TemplateServiceServicer):
+    """The node's TemplateService, scripted: a build shows ``ENTRIES_PER_POLL`` more log entries
+    per status poll and ends (Completed, or Failed at its first ``RUN false``) once all are shown
+    and at least ``POLLS_TO_FINISH`` polls came. COPY steps need their files uploaded first."""
+
+    ENTRIES_PER_POLL = 2
+    POLLS_TO_FINISH = 3
+
+    def __init__(self, node: StubNode) -> None:
+        self.node = node
+        self.builds: dict[str, StubBuild] = {}
+        self.creates: list[Any] = []
+        self.deletes: list[Any] = []
+        self.uploads: dict[tuple[str, str], bytes] = {}
+        self.upload_token = uuid.uuid4().hex
+        self.refuse_creates: grpc.StatusCode | None = None
+
+    def TemplateCreate(self, request: Any, context: Any) -> Any:
+        config = request.template
+        with self.node.lock:
+            self.creates.append(request)
+            if self.refuse_creates is not None:
+                _abort(context, self.refuse_creates, "the stub refuses template builds")
+            if config.buildID in self.builds:
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, f"template build {config.buildID} is known")
+            self.builds[config.buildID] = self._script(request)
+        return empty_pb2.Empty()
+
+    def _script(self, request: Any) -> StubBuild:
+        config = request.template
+        if config.WhichOneof("source") == "fromTemplate":
+            entries = [_log_entry(f"building from template build {config.fromTemplate.buildID}", "base")]
+        else:
+            entries = [_log_entry(f"pulling image {config.fromImage}", "base")]
+        for index, step in enumerate(config.steps):
+            name = str(index + 1)
+            entries.append(_log_entry(f"{step.type} {' '.join(step.args)}", name))
+            if step.type == "COPY" and (request.cacheScope, step.filesHash) not in self.uploads:
+                message = f"step {name} COPY: the files (hash {step.filesHash}) were never uploaded"
+                entries.append(_log_entry(message, name, template_manager_pb2.Error))
+                return StubBuild(request, entries, (message, name))
+            if step.type == "RUN" and step.args and step.args[0] == "false":
+                message = f"step {name} RUN 'false' exited with code 1: no output"
+                entries.append(_log_entry(message, name, template_manager_pb2.Error))
+                return StubBuild(request, entries, (message, name))
+            if step.type == "RUN" and step.args and step.args[0].startswith("echo "):
+                entries.append(_log_entry(step.args[0].removeprefix("echo "), name))
+        entries.append(_log_entry("finalizing the template", "finalize"))
+        entries.append(_log_entry(f"template build {config.buildID} is ready", "finalize"))
+        return StubBuild(request, entries, None)
+
+    def TemplateBuildStatus(self, request: Any, context: Any) -> Any:
+        with self.node.lock:
+            build = self.builds.get(request.buildID)
+            if build is None:
+                _abort(context, grpc.StatusCode.NOT_FOUND, f"template build {request.buildID} is not known")
+            build.polls += 1
+            shown = build.entries[: build.polls * self.ENTRIES_PER_POLL]
+            done = len(shown) == len(build.entries) and build.polls >= self.POLLS_TO_FINISH
+        if request.HasField("level"):
+            shown = [entry for entry in shown if entry.level >= request.level]
+        start = request.offset if request.HasField("offset") else 0
+        limit = request.limit if request.HasField("limit") and request.limit else 100
+        answer = template_manager_pb2.TemplateBuildStatusResponse(
+            status=template_manager_pb2.Building, logEntries=shown[start : start + limit]
+        )
+        if done and build.failure is not None:
+            answer.status = template_manager_pb2.Failed
+            answer.reason.CopyFrom(
+                template_manager_pb2.TemplateBuildStatusReason(
+                    message=build.failure[0], step=build.failure[1]
+                )
+            )
+        elif done:
+            config = build.request.template
+            parent = config.fromTemplate.buildID if config.WhichOneof("source") == "fromTemplate" else None
+            self.node.store_build(config.buildID, parent)
+            answer.status = template_manager_pb2.Completed
+            answer.metadata.CopyFrom(
+                template_manager_pb2.TemplateBuildMetadata(
+                    rootfsSizeKey=2048,
+                    envdVersionKey="0.6.4",
+                    kernelVersion="vmlinux-6.1.158",
+                    firecrackerVersion="v1.14.1_431f1fc",
+                )
+            )
+        return answer
+
+    def TemplateBuildDelete(self, request: Any, context: Any) -> Any:
+        with self.node.lock:
+            self.deletes.append(request)
+            if self.builds.pop(request.buildID, None) is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"template build {request.buildID} is not known")
+        return empty_pb2.Empty()
+
+    def InitLayerFileUpload(self, request: Any, context: Any) -> Any:
+        scope = request.cacheScope if request.HasField("cacheScope") else "default"
+        with self.node.lock:
+            if (scope, request.hash) in self.uploads:
+                return template_manager_pb2.InitLayerFileUploadResponse(present=True)
+        url = (
+            f"http://{self.node.host}:{self.node.proxy_port}/upload/{scope}/{request.hash}"
+            f"?token={self.upload_token}"
+        )
+        return template_manager_pb2.InitLayerFileUploadResponse(present=False, url=url)
+
+    async def upload(self, request: web.Request) -> web.StreamResponse:
+        """``PUT /upload/{scope}/{hash}?token=``, as the real node serves it on its proxy port."""
+        parts = request.path.strip("/").split("/")
+        if request.method != "PUT" or len(parts) != 3:
+            return web.json_response({"code": 404, "message": "no such upload"}, status=404)
+        if request.query.get("token") != self.upload_token:
+            return web.json_response({"code": 403, "message": "the upload token is invalid"}, status=403)
+        data = await request.read()
+        with self.node.lock:
+            self.uploads[(parts[1], parts[2])] = data
+        return web.Response(status=200)
 
 
 class _InfoService(info_pb2_grpc.InfoServiceServicer):
@@ -268,7 +432,7 @@ class _InfoService(info_pb2_grpc.InfoServiceServicer):
         return info_pb2.ServiceInfoResponse(
             node_id=self.node.node_id,
             service_status=self.node.status,
-            service_roles=[info_pb2.Orchestrator],
+            service_roles=[info_pb2.Orchestrator, info_pb2.TemplateBuilder],
             metric_cpu_count=8,
             metric_cpu_percent=10,
             metric_sandboxes_running=len(running),
@@ -283,8 +447,14 @@ class _InfoService(info_pb2_grpc.InfoServiceServicer):
 class StubNode:
     """One stub orchestrator node (see the module docstring)."""
 
-    def __init__(self, loop: LoopThread, proxy_port: int, name: str) -> None:
+    def __init__(self, loop: LoopThread, proxy_port: int, name: str, storage: Storage | None = None) -> None:
         self.node_id = name
+        self.proxy_port = proxy_port
+        self.storage = storage
+        self.synthetic: dict[str, SyntheticBuild] = {}
+        """Builds this node wrote to ``storage``, by id (the parents of later ones)."""
+        self.next_seed = 1000
+        """Seeds of the synthetic builds, in the order they are written: the same blocks every run."""
         self.client_id = f"stub-{name}"
         self.lock = threading.Lock()
         self.sandboxes: dict[str, StubSandbox] = {}
@@ -299,9 +469,10 @@ class StubNode:
         self.host = loopback_address()
         self.vm_ip = loopback_address()
         self.vm = StubVm()
+        self.templates = StubTemplates(self)
         self._loop = loop
         # The fixed ports first: a port the kernel picks later cannot take one of them.
-        self.proxy = NodeProxy(self, DOMAIN)
+        self.proxy = NodeProxy(self, DOMAIN, node_routes={"/upload": self.templates.upload})
         loop.run(self.proxy.start(self.host, proxy_port))
         self._vm_runner = loop.run(self._serve_vm())
         self._grpc = grpc.server(
@@ -309,6 +480,7 @@ class StubNode:
         )
         orchestrator_pb2_grpc.add_SandboxServiceServicer_to_server(_SandboxService(self), self._grpc)
         info_pb2_grpc.add_InfoServiceServicer_to_server(_InfoService(self), self._grpc)
+        template_manager_pb2_grpc.add_TemplateServiceServicer_to_server(self.templates, self._grpc)
         self.grpc_port = self._grpc.add_insecure_port(f"{self.host}:0")
         self._grpc.start()
 
@@ -343,6 +515,27 @@ class StubNode:
         with self.lock:
             return set(self.sandboxes)
 
+    def store_build(self, build_id: str, parent_id: str | None) -> None:
+        """Write a synthetic build over ``parent_id`` (one this node or ``adopt_build`` knows) to
+        the storage, as a real node stores a finished template build or a pause; no storage:
+        nothing. Seeds follow ``next_seed``, so a test's chains are the same every run."""
+        if self.storage is None:
+            return
+        with self.lock:
+            parent = self.synthetic.get(parent_id) if parent_id else None
+            if build_id in self.synthetic:
+                return
+            seed = self.next_seed
+            self.next_seed += 1
+        written = write_synthetic_build(self.storage, uuid.UUID(build_id), parent, seed=seed)
+        with self.lock:
+            self.synthetic[build_id] = written
+
+    def adopt_build(self, build: SyntheticBuild) -> None:
+        """A build already in the storage (the base template's), as a parent for later ones."""
+        with self.lock:
+            self.synthetic[str(build.build_id)] = build
+
     def adopt(self, sandbox_id: str) -> None:
         """A sandbox the control plane never created (an orphan)."""
         now = dt.datetime.now(dt.UTC)
@@ -360,10 +553,11 @@ class StubNode:
 class StubCluster:
     """``count`` stub nodes sharing one sandbox-proxy port, on one event loop thread."""
 
-    def __init__(self, count: int = 1) -> None:
+    def __init__(self, count: int = 1, storage: Storage | None = None) -> None:
         self.loop = LoopThread("stub-cluster")
         self.proxy_port = free_port()
-        self.nodes = [StubNode(self.loop, self.proxy_port, f"node{index}") for index in range(count)]
+        self.storage = storage
+        self.nodes = [StubNode(self.loop, self.proxy_port, f"node{index}", storage) for index in range(count)]
 
     @property
     def addresses(self) -> list[str]:
@@ -377,6 +571,9 @@ class StubCluster:
 
     def creates(self) -> list[Any]:
         return [create for node in self.nodes for create in node.creates]
+
+    def template_creates(self) -> list[Any]:
+        return [create for node in self.nodes for create in node.templates.creates]
 
     def close(self) -> None:
         for node in self.nodes:
@@ -396,6 +593,8 @@ class ApiHarness:
     api_key: str = ""
     limits: tuple[int | None, int | None] = (None, None)
     domain: str | None = DOMAIN
+    storage_url: str | None = None
+    gc_grace_s: float = 24 * 3600.0
     loop: LoopThread = field(default_factory=lambda: LoopThread("ember-api"))
     server: ApiServer | None = None
     ports: tuple[int, int, int] = (0, 0, 0)
@@ -416,6 +615,8 @@ class ApiHarness:
             templates=(TemplateRegistration("base", BASE_BUILD, vcpu=2, ram_mb=512, disk_mb=1024),),
             max_concurrent_sandboxes=self.limits[0],
             max_length_hours=self.limits[1],
+            storage_url=self.storage_url,
+            gc_grace_s=self.gc_grace_s,
         )
         server = ApiServer(config)
 
@@ -486,10 +687,19 @@ async def make_api_key(db_url: str) -> str:
 
 @contextlib.contextmanager
 def running_api(
-    tmp_path: Path, nodes: int = 1, limits: tuple[int | None, int | None] = (None, None)
+    tmp_path: Path,
+    nodes: int = 1,
+    limits: tuple[int | None, int | None] = (None, None),
+    storage: Storage | None = None,
+    storage_url: str | None = None,
+    gc_grace_s: float = 24 * 3600.0,
 ) -> Iterator[ApiHarness]:
-    cluster = StubCluster(nodes)
-    harness = ApiHarness(cluster, tmp_path / "api.sqlite3", limits=limits)
+    """``ember api`` over ``nodes`` stub nodes; with ``storage``, the nodes write synthetic builds
+    there, and ``storage_url`` (the same storage, as a URL) gives the API its ``-storage``."""
+    cluster = StubCluster(nodes, storage)
+    harness = ApiHarness(
+        cluster, tmp_path / "api.sqlite3", limits=limits, storage_url=storage_url, gc_grace_s=gc_grace_s
+    )
     try:
         yield harness.start()
     finally:

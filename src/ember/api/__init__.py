@@ -7,11 +7,15 @@ Users run E2B's SDKs unchanged against it (``E2B_API_URL``, ``E2B_SANDBOX_URL``)
 ``sandboxes``      create, connect/resume, kill, timeout, refresh, get, metrics, network
 ``snapshots``      pause, named snapshots, forks
 ``listing``        list v1/v2: filters, order, the ``X-Next-Token`` cursor
-``templates``      template listing and lookups; registering a build under a name
+``templates``      template listing, lookups, tags and deletes; registering a build under a name
+``builds``         template builds (``POST /v3/templates`` ... status, logs) on the nodes'
+                   TemplateService, and the watcher that follows them to ready or error
+``gc``             garbage collection of the builds deletes released (``-storage``), roots
+                   from the store
 ``plane``          shared state and primitives: start (placement + records), kill, extend
 ``catalog``        running sandboxes in memory: the state machine and the team's slots
 ``placement``      origin node first, else best of K (K=3, R=4, alpha=0.5), retries, errors
-``nodes``          gRPC clients of the nodes (SandboxService, InfoService), the static list
+``nodes``          gRPC clients of the nodes (SandboxService, InfoService, TemplateService)
 ``lifecycle``      the evictor (timeouts) and the node sync (orphans, ended sandboxes)
 ``resume``         the auto-resume policy and ``proxy.SandboxService/ResumeSandbox``
 ``edge``           the edge proxy

@@ -7,7 +7,8 @@ JSON, and any failure the code did not foresee is a 500 JSON with the traceback 
 ``_errors`` is the outermost middleware, so nothing else can reach the client.
 
 Every sandbox, snapshot and template endpoint needs a valid ``X-API-Key``; ``/health`` does
-not. Logs endpoints answer empty lists in the documented shapes: ember keeps no sandbox logs.
+not. Sandbox logs endpoints answer empty lists in the documented shapes: ember keeps no
+sandbox logs. Template build logs come from the node building (``builds``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from ember.api import listing, sandboxes, snapshots, templates
+from ember.api import builds, listing, sandboxes, snapshots, templates
 from ember.api.auth import hash_api_key, looks_like_api_key
 from ember.api.catalog import LiveSandbox
 from ember.api.errors import INTERNAL, ApiError, unauthorized
@@ -297,8 +298,67 @@ class _Handlers:
         return _json(await templates.template_json(self.plane.store, template, builds))
 
     async def delete_template(self, request: web.Request) -> web.Response:
-        await templates.delete(self.plane.store, _team(request), request.match_info["id"])
+        await templates.delete(self.plane, _team(request), request.match_info["id"])
         return web.Response(status=204)
+
+    # -- template builds ------------------------------------------------------------------------
+
+    async def request_build(self, request: web.Request) -> web.Response:
+        body = await read_body(request, required=True)
+        return _json(await builds.request_build(self.plane, _team(request), body), 202)
+
+    async def file_upload(self, request: web.Request) -> web.Response:
+        answer = await builds.file_upload(
+            self.plane, _team(request), request.match_info["id"], request.match_info["hash"]
+        )
+        return _json(answer, 201)
+
+    async def start_build(self, request: web.Request) -> web.Response:
+        body = await read_body(request, required=True)
+        await builds.start_build(
+            self.plane, _team(request), request.match_info["id"], request.match_info["build"], body
+        )
+        return web.Response(status=202)
+
+    async def build_status(self, request: web.Request) -> web.Response:
+        answer = await builds.build_status(
+            self.plane,
+            _team(request),
+            request.match_info["id"],
+            request.match_info["build"],
+            query_int(request, "logsOffset", 0) or 0,
+            query_int(request, "limit", builds.STATUS_LOG_LIMIT) or 0,
+            builds.parse_level(request.query.get("level")),
+        )
+        return _json(answer)
+
+    async def build_logs(self, request: web.Request) -> web.Response:
+        source = request.query.get("source", "")
+        if source not in ("", "temporary", "persistent"):
+            raise ApiError(400, f'Invalid query: "source" must be temporary or persistent, got {source!r}')
+        answer = await builds.build_logs(
+            self.plane,
+            _team(request),
+            request.match_info["id"],
+            request.match_info["build"],
+            query_int(request, "cursor"),
+            query_int(request, "limit", builds.LOGS_LIMIT) or 0,
+            request.query.get("direction") or "forward",
+            builds.parse_level(request.query.get("level")),
+        )
+        return _json(answer)
+
+    async def assign_tags(self, request: web.Request) -> web.Response:
+        body = await read_body(request, required=True)
+        return _json(await templates.assign_tags(self.plane, _team(request), body), 201)
+
+    async def remove_tags(self, request: web.Request) -> web.Response:
+        body = await read_body(request, required=True)
+        await templates.remove_tags(self.plane, _team(request), body)
+        return web.Response(status=204)
+
+    async def tags(self, request: web.Request) -> web.Response:
+        return _json(await templates.list_tags(self.plane, _team(request), request.match_info["id"]))
 
     async def alias(self, request: web.Request) -> web.Response:
         return _json(
@@ -337,6 +397,14 @@ def build_app(plane: ControlPlane) -> web.Application:
     r.add_get("/templates", h.templates)
     r.add_get("/v2/templates", h.templates_v2)
     r.add_get("/templates/aliases/{alias}", h.alias)
+    r.add_post("/templates/tags", h.assign_tags)
+    r.add_delete("/templates/tags", h.remove_tags)
+    r.add_post("/v3/templates", h.request_build)
+    r.add_get("/templates/{id}/files/{hash}", h.file_upload)
+    r.add_post("/v2/templates/{id}/builds/{build}", h.start_build)
+    r.add_get("/templates/{id}/builds/{build}/status", h.build_status)
+    r.add_get("/templates/{id}/builds/{build}/logs", h.build_logs)
+    r.add_get("/templates/{id}/tags", h.tags)
     r.add_get("/templates/{id}", h.template)
     r.add_delete("/templates/{id}", h.delete_template)
     return app

@@ -2,8 +2,10 @@
 
 Each node is one gRPC channel to ``host:port`` (the node daemon, :5008) and, beside it,
 the node's sandbox proxy at ``http://host:<node-proxy-port>`` (:5007). A node is known by
-its address as given (``-orchestrator``): that is what the ``sandboxes`` and ``snapshots``
-rows record as their node.
+its address as given (``-orchestrator``): that is what the ``sandboxes``, ``snapshots`` and
+``template_builds`` rows record as their node. The channel carries the node's three
+services: ``SandboxService``, ``InfoService`` and ``TemplateService`` (template builds; only
+nodes whose ServiceInfo lists the TemplateBuilder role get them).
 
 ``NodePool.sync`` runs every ``SYNC_INTERVAL_S`` (20 s, the original's): ``ServiceInfo``
 refreshes the node's status and load for placement, ``List`` gives the sandboxes it runs
@@ -24,7 +26,14 @@ import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from ember.errors import UsageError
-from ember.rpc import info_pb2, info_pb2_grpc, orchestrator_pb2, orchestrator_pb2_grpc
+from ember.rpc import (
+    info_pb2,
+    info_pb2_grpc,
+    orchestrator_pb2,
+    orchestrator_pb2_grpc,
+    template_manager_pb2,
+    template_manager_pb2_grpc,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -37,6 +46,8 @@ CONTROL_TIMEOUT_S = 30.0
 CREATE_TIMEOUT_S = 120.0
 """Create and Pause may fetch and write whole builds."""
 PAUSE_TIMEOUT_S = 300.0
+TEMPLATE_TIMEOUT_S = 30.0
+"""TemplateCreate (returns once the build started), TemplateBuildStatus, InitLayerFileUpload."""
 
 
 class NodeError(Exception):
@@ -86,6 +97,7 @@ class NodeClient:
         self._channel = grpc.aio.insecure_channel(address)
         self._sandboxes = orchestrator_pb2_grpc.SandboxServiceStub(self._channel)
         self._info = info_pb2_grpc.InfoServiceStub(self._channel)
+        self._templates = template_manager_pb2_grpc.TemplateServiceStub(self._channel)
         self.info: info_pb2.ServiceInfoResponse | None = None
         self.reachable = False
         self.pending_vcpus = 0
@@ -101,6 +113,11 @@ class NodeClient:
     @property
     def healthy(self) -> bool:
         return self.reachable and self.info is not None and self.info.service_status == info_pb2.Healthy
+
+    @property
+    def builds_templates(self) -> bool:
+        """Healthy and in the TemplateBuilder role (ServiceInfo ``service_roles``)."""
+        return self.healthy and self.info is not None and info_pb2.TemplateBuilder in self.info.service_roles
 
     async def close(self) -> None:
         await self._channel.close()
@@ -179,6 +196,46 @@ class NodeClient:
             return await self._sandboxes.Checkpoint(request, timeout=PAUSE_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
             raise NodeError(self.address, "Checkpoint", exc.code(), exc.details() or "") from exc
+
+    # -- TemplateService ------------------------------------------------------------------------
+
+    async def template_create(self, request: template_manager_pb2.TemplateCreateRequest) -> None:
+        try:
+            await self._templates.TemplateCreate(request, timeout=TEMPLATE_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise NodeError(self.address, "TemplateCreate", exc.code(), exc.details() or "") from exc
+
+    async def template_status(
+        self, request: template_manager_pb2.TemplateStatusRequest
+    ) -> template_manager_pb2.TemplateBuildStatusResponse:
+        try:
+            return await self._templates.TemplateBuildStatus(request, timeout=TEMPLATE_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise NodeError(self.address, "TemplateBuildStatus", exc.code(), exc.details() or "") from exc
+
+    async def template_delete(self, template_id: str, build_id: str) -> bool:
+        """Cancel and forget a build; False when the node does not know it."""
+        try:
+            await self._templates.TemplateBuildDelete(
+                template_manager_pb2.TemplateBuildDeleteRequest(buildID=build_id, templateID=template_id),
+                timeout=TEMPLATE_TIMEOUT_S,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.NOT_FOUND:
+                return False
+            raise NodeError(self.address, "TemplateBuildDelete", exc.code(), exc.details() or "") from exc
+        return True
+
+    async def init_layer_upload(
+        self, template_id: str, files_hash: str, cache_scope: str
+    ) -> template_manager_pb2.InitLayerFileUploadResponse:
+        request = template_manager_pb2.InitLayerFileUploadRequest(
+            templateID=template_id, hash=files_hash, cacheScope=cache_scope
+        )
+        try:
+            return await self._templates.InitLayerFileUpload(request, timeout=TEMPLATE_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise NodeError(self.address, "InitLayerFileUpload", exc.code(), exc.details() or "") from exc
 
     async def list(self) -> list[NodeSandbox]:
         try:

@@ -4,6 +4,11 @@
 token minter. Its primitives keep three things in step, in this order: the node (gRPC), the
 catalog (memory), the store (``sandboxes`` rows). ``start`` places a sandbox and records it;
 ``kill_live`` ends one; ``extend`` moves its end time (the original's ``KeepAliveFor``).
+
+Two hooks the server fills in: ``gc`` is told whenever builds stop being used (a template or
+snapshot deleted, a paused sandbox killed, a tag removed) and collects them in the background
+(``ember.api.gc``); ``watch_build`` follows a template build the API started on a node until
+it is ready or failed (``ember.api.builds``). Both do nothing until set.
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ import dataclasses
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from ember.api.catalog import Catalog, LiveSandbox, SandboxState
 from ember.api.errors import MAX_LENGTH_EXCEEDED, ApiError, template_not_found
-from ember.api.ids import parse_template_ref
+from ember.api.ids import TemplateRef, parse_template_ref
 from ember.api.network import network_config
 from ember.api.nodes import NodeError, NodePool
 from ember.api.placement import place
@@ -28,8 +34,26 @@ from ember.rpc import orchestrator_pb2
 _log = logging.getLogger(__name__)
 
 
+DEFAULT_TAG = "default"
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+class Releases(Protocol):
+    """Told when builds may have stopped being used (``ember.api.gc.GcService``)."""
+
+    def released(self, why: str) -> None: ...
+
+
+class _NoGc:
+    def released(self, why: str) -> None:
+        return None
+
+
+def _no_watch(build: Build) -> None:
+    return None
 
 
 class ControlPlane:
@@ -41,6 +65,8 @@ class ControlPlane:
         self.tokens = tokens
         self.domain = domain
         self.catalog = Catalog()
+        self.gc: Releases = _NoGc()
+        self.watch_build: Callable[[Build], None] = _no_watch
 
     # -- tokens -------------------------------------------------------------------------------
 
@@ -53,17 +79,59 @@ class ControlPlane:
     # -- templates ------------------------------------------------------------------------------
 
     async def resolve_template(self, team: Team, reference: str) -> tuple[Template, Build]:
-        """The template ``reference`` names for ``team`` and its current build; ApiError 400/404."""
+        """The template ``[namespace/]name[:tag]`` names for ``team`` (its own, or a public one)
+        and the build it runs: the current build, or the one the tag names (a tag may also be
+        one of the template's build ids). 404 for an unknown template or tag; 400 when that
+        build is not ready (still building, or failed)."""
         ref = parse_template_ref(reference)
-        if ref.tag is not None:
-            raise ApiError(400, f'Template tags are not supported yet: use "{ref.name}" without ":{ref.tag}"')
         template = await self.store.find_template(ref.name)
         if template is None or (template.team_id != team.id and not template.public):
             raise template_not_found(reference)
-        build = await self.store.get_build(template.build_id) if template.build_id else None
-        if build is None or build.status is not BuildStatus.READY:
-            raise ApiError(400, f'Template "{reference}" has no ready build yet')
+        build_id = await self._tagged(template, ref)
+        build = await self.store.get_build(build_id) if build_id else None
+        if build is None or build.template_id != template.id:
+            raise await self._not_ready(template, reference)
+        if build.status is not BuildStatus.READY:
+            raise ApiError(
+                400,
+                f'Template "{reference}" cannot start sandboxes: '
+                f"its build {build.build_id} is {build.status}",
+            )
         return template, build
+
+    async def _tagged(self, template: Template, ref: TemplateRef) -> str | None:
+        if ref.tag is None or ref.tag == DEFAULT_TAG:
+            return template.build_id
+        build_id = await self.store.tagged_build(template.id, ref.tag)
+        if build_id is not None:
+            return build_id
+        try:
+            as_build = str(uuid.UUID(ref.tag))
+        except ValueError:
+            as_build = None
+        if as_build is not None:
+            build = await self.store.get_build(as_build)
+            if build is not None and build.template_id == template.id:
+                return as_build
+        raise ApiError(404, f'Template "{ref.name}" has no tag "{ref.tag}"')
+
+    async def _not_ready(self, template: Template, reference: str) -> ApiError:
+        """Why a template without a current build cannot start sandboxes (400)."""
+        builds = await self.store.list_builds(template.id)
+        latest = builds[-1] if builds else None
+        if latest is None:
+            return ApiError(400, f'Template "{reference}" has no build yet: build it first')
+        if latest.status is BuildStatus.ERROR:
+            return ApiError(
+                400,
+                f'Template "{reference}" has no ready build: its last build {latest.build_id} failed'
+                + (f": {latest.reason}" if latest.reason else ""),
+            )
+        return ApiError(
+            400,
+            f'Template "{reference}" has no ready build yet: build {latest.build_id} is {latest.status}; '
+            "wait for it to finish",
+        )
 
     # -- start ----------------------------------------------------------------------------------
 

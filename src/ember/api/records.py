@@ -32,8 +32,8 @@ class BuildStatus(enum.StrEnum):
 
 
 class TemplateKind(enum.StrEnum):
-    """``template``: built from an image (later: the build endpoints); ``snapshot``: a named
-    checkpoint of a sandbox (``POST /sandboxes/{id}/snapshots``)."""
+    """``template``: registered (``-template``) or built (``POST /v3/templates``); ``snapshot``: a
+    named checkpoint of a sandbox (``POST /sandboxes/{id}/snapshots``)."""
 
     TEMPLATE = "template"
     SNAPSHOT = "snapshot"
@@ -63,7 +63,13 @@ class ApiKey:
 
 @dataclass(frozen=True)
 class Build:
-    """One build of a template: the machine it was made for and where its build stands."""
+    """One build of a template: the machine it was made for and where its build stands.
+
+    A build made through the template build endpoints also records the node building it,
+    the build it starts from (``fromTemplate``: kept by gc while this one builds), the tags
+    it takes once ready (``default`` makes it the template's current build), and why it
+    failed (``reason``, ``reason_step``: the SDK's name of the step).
+    """
 
     build_id: str
     template_id: str
@@ -76,6 +82,24 @@ class Build:
     kernel_version: str = ""
     firecracker_version: str = ""
     finished_at: dt.datetime | None = None
+    node: str | None = None
+    from_build_id: str | None = None
+    tags: tuple[str, ...] = ()
+    reason: str | None = None
+    reason_step: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (BuildStatus.READY, BuildStatus.ERROR)
+
+
+@dataclass(frozen=True)
+class TemplateTag:
+    """A tag naming one build of a template (``name:tag``); ``default`` is the current build."""
+
+    tag: str
+    build_id: str
+    created_at: dt.datetime
 
 
 @dataclass(frozen=True)

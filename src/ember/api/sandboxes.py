@@ -239,15 +239,22 @@ def _optional(value: int | None, default: int) -> int:
 
 
 async def kill(plane: ControlPlane, team: Team, sandbox_id: str) -> None:
-    """``DELETE /sandboxes/{id}``: the running VM and the snapshot both go; 404 when neither is."""
+    """``DELETE /sandboxes/{id}``: the running VM and the snapshot both go; 404 when neither is.
+
+    A snapshot deleted releases its build: gc runs in the background (``plane.gc``).
+    """
     killed = False
     for _ in range(TRANSITION_ATTEMPTS):
         killed = await _kill_running(plane, team, sandbox_id) or killed
+        dropped = False
         async with plane.catalog.lock(sandbox_id):
             if plane.running(plane.catalog.get(sandbox_id), team) is not None:
                 continue  # resumed while this waited for the lock: kill that run too
             if await _own_snapshot(plane, team, sandbox_id) is not None:
-                killed = await plane.store.delete_snapshot(sandbox_id) or killed
+                dropped = await plane.store.delete_snapshot(sandbox_id)
+                killed = dropped or killed
+        if dropped:
+            plane.gc.released(f"paused sandbox {sandbox_id} killed")
         if not killed:
             raise sandbox_not_found(sandbox_id)
         return

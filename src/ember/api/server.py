@@ -7,12 +7,15 @@
     internal gRPC   :INTERNAL_GRPC_PORT (5009)   proxy.SandboxService/ResumeSandbox (``resume``)
     evictor         timeouts: kill or auto-pause (``lifecycle.Evictor``)
     node sync       every 20 s: ServiceInfo + List of each node (``lifecycle.NodeSync``)
+    build watcher   template builds on the nodes, until ready or failed (``builds.BuildWatcher``)
+    gc              after deletes, builds nothing uses any more (``gc.GcService``; needs -storage)
 
 Start: open and migrate the database, register ``-template`` builds, load the running
 sandboxes the database knows, ask every node what it runs and reconcile (drop what ended,
-kill orphans), then open the ports. Stop: close the ports (requests in flight get a grace
-period), stop the loops, close the database. Sandboxes keep running on their nodes: the
-next start finds them again.
+kill orphans), follow the template builds the database has as building, then open the
+ports. Stop: close the ports (requests in flight get a grace period), stop the loops, close
+the database. Sandboxes and template builds keep running on their nodes: the next start
+finds them again.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import grpc
 from aiohttp import web
 
 from ember.api.app import DEFAULT_API_PORT, build_app
+from ember.api.builds import BuildWatcher
 from ember.api.edge import DEFAULT_EDGE_PORT, IDLE_TIMEOUT_S, EdgeProxy
+from ember.api.gc import DEFAULT_GC_GRACE_S, GcService
 from ember.api.lifecycle import Evictor, NodeSync
 from ember.api.nodes import DEFAULT_NODE_PROXY_PORT, DEFAULT_ORCHESTRATOR, NodePool
 from ember.api.plane import ControlPlane
@@ -38,6 +43,7 @@ from ember.api.templates import TemplateRegistration, register
 from ember.api.tokens import TokenMinter
 from ember.errors import UsageError
 from ember.rpc import proxy_pb2_grpc
+from ember.storage import Storage, open_storage
 
 _log = logging.getLogger(__name__)
 
@@ -59,6 +65,10 @@ class ApiConfig:
     templates: Sequence[TemplateRegistration] = ()
     max_concurrent_sandboxes: int | None = None
     max_length_hours: int | None = None
+    storage_url: str | None = None
+    """The build storage the nodes use (``-storage``), for gc; None turns gc off."""
+    gc_grace_s: float = DEFAULT_GC_GRACE_S
+    """gc never deletes a build younger than this (``-gc-grace``)."""
 
 
 class ApiServer:
@@ -71,6 +81,8 @@ class ApiServer:
         self.sync: NodeSync | None = None
         self.evictor: Evictor | None = None
         self.edge: EdgeProxy | None = None
+        self.gc: GcService | None = None
+        self.builds: BuildWatcher | None = None
         self.api_address: tuple[str, int] | None = None
         self.edge_address: tuple[str, int] | None = None
         self.grpc_address: tuple[str, int] | None = None
@@ -89,6 +101,7 @@ class ApiServer:
 
     async def _start(self) -> None:
         config = self.config
+        storage = self._storage()
         store = self.store = await open_store(config.db_url)
         nodes = self._nodes = NodePool(config.orchestrators, config.node_proxy_port)
         team = await self._team(store)
@@ -98,9 +111,21 @@ class ApiServer:
                 "template %s (%s) runs build %s", registration.alias, template.id, registration.build_id
             )
         plane = self.plane = ControlPlane(store, nodes, TokenMinter(await store.token_seed()), config.domain)
+        gc = self.gc = GcService(store, storage, config.gc_grace_s, plane.catalog)
+        plane.gc = gc
+        watcher = self.builds = BuildWatcher(plane)
+        plane.watch_build = watcher.watch
         sync = self.sync = NodeSync(plane)
         loaded = await sync.load()
         await sync.sync()
+        following = await watcher.resume()
+        _log.info(
+            "gc %s; %d template builds in progress",
+            f"of {storage.url}, grace {config.gc_grace_s:.0f} s"
+            if storage is not None
+            else "off (no -storage)",
+            following,
+        )
         _log.info(
             "%d running sandboxes in the database, %d now; nodes: %s",
             loaded,
@@ -124,6 +149,14 @@ class ApiServer:
             asyncio.create_task(self.evictor.run(), name="ember-evictor"),
             asyncio.create_task(sync.run(), name="ember-node-sync"),
         ]
+
+    def _storage(self) -> Storage | None:
+        url = self.config.storage_url
+        if not url:
+            return None
+        storage = open_storage(url)
+        _log.info("build storage %s (for gc)", storage.url)
+        return storage
 
     async def _team(self, store: Store) -> Team:
         team = await store.default_team()
@@ -190,6 +223,10 @@ class ApiServer:
                 await task
         if self.evictor is not None:
             await self.evictor.stop()
+        if self.builds is not None:
+            await self.builds.stop()
+        if self.gc is not None:
+            await self.gc.stop()
         if self._nodes is not None:
             await self._nodes.close()
             self._nodes = None

@@ -1,8 +1,15 @@
-"""Templates: listing, details, alias lookups, deletion, and registering a build under a name.
+"""Templates: listing, details, alias lookups, tags, deletion, and registering a build under a name.
 
-The template *build* endpoints (``POST /v3/templates`` and the build steps) come later; they
-will create templates and add builds through the same store calls ``register`` uses
-(``create_template``, ``add_build``), with builds moving waiting -> building -> ready.
+Builds are made through ``builds`` (``POST /v3/templates`` and the build steps), or named
+with ``-template`` (``register``). A template's current build is its ``default`` tag; other
+tags (``name:v1``) name other builds (``POST /templates/tags``, ``DELETE /templates/tags``,
+``GET /templates/{id}/tags``).
+
+Deleting a template (or a snapshot: ``DELETE /templates/{snapshotID}``) drops it, its aliases,
+tags and build rows, cancels its builds still running on their nodes, and tells gc: the
+builds themselves go once nothing reads from them (a paused sandbox started from the
+template keeps what it needs). The original refuses to delete a template while sandboxes
+run from it or snapshots depend on it; ember does not need to, since gc keeps those builds.
 """
 
 from __future__ import annotations
@@ -13,11 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ember.api.errors import ApiError, template_not_found
+from ember.api.builds import cancel_unfinished
+from ember.api.errors import ApiError, bad_request, template_not_found
 from ember.api.ids import check_alias, new_template_id, parse_template_ref
 from ember.api.listing import Cursor
-from ember.api.plane import utcnow
+from ember.api.plane import DEFAULT_TAG, ControlPlane, utcnow
 from ember.api.records import Build, BuildStatus, Team, Template, TemplateKind
+from ember.api.requests import Body
 from ember.api.store import Store
 from ember.api.views import rfc3339
 from ember.errors import UsageError
@@ -124,6 +133,15 @@ async def find_own(store: Store, team: Team, reference: str) -> Template:
     return template
 
 
+def _status(current: Build | None, latest: Build | None) -> BuildStatus:
+    """The template's build status: its latest build's while one is in progress, else the current's."""
+    if latest is not None and not latest.finished:
+        return latest.status
+    if current is not None:
+        return current.status
+    return latest.status if latest is not None else BuildStatus.WAITING
+
+
 def _build_json(build: Build) -> dict[str, Any]:
     body: dict[str, Any] = {
         "buildID": build.build_id,
@@ -146,12 +164,14 @@ async def template_json(
     """``Template``; with ``builds`` given, ``TemplateWithBuilds``."""
     all_builds = builds if builds is not None else await store.list_builds(template.id)
     current = next((build for build in all_builds if build.build_id == template.build_id), None)
+    latest = all_builds[-1] if all_builds else None
+    shown = current or latest
     body: dict[str, Any] = {
         "templateID": template.id,
         "buildID": template.build_id or "",
-        "cpuCount": current.vcpu if current else 0,
-        "memoryMB": current.ram_mb if current else 0,
-        "diskSizeMB": current.disk_mb if current else 0,
+        "cpuCount": shown.vcpu if shown else 0,
+        "memoryMB": shown.ram_mb if shown else 0,
+        "diskSizeMB": shown.disk_mb if shown else 0,
         "public": template.public,
         "aliases": list(template.aliases),
         "names": list(template.aliases),
@@ -161,8 +181,8 @@ async def template_json(
         "lastSpawnedAt": rfc3339(template.last_spawned_at) if template.last_spawned_at else None,
         "spawnCount": template.spawn_count,
         "buildCount": len(all_builds),
-        "envdVersion": current.envd_version if current else "",
-        "buildStatus": str(current.status) if current else str(BuildStatus.WAITING),
+        "envdVersion": shown.envd_version if shown else "",
+        "buildStatus": str(_status(current, latest)),
     }
     if builds is not None:
         body["builds"] = [_build_json(build) for build in builds]
@@ -200,7 +220,63 @@ async def alias_lookup(store: Store, team: Team, alias: str) -> dict[str, Any]:
     return {"templateID": template.id, "public": template.public}
 
 
-async def delete(store: Store, team: Team, reference: str) -> None:
-    template = await find_own(store, team, reference)
-    if not await store.delete_template(template.id):
+async def delete(plane: ControlPlane, team: Team, reference: str) -> None:
+    """``DELETE /templates/{id}``: see the module docstring; 404 when not the team's."""
+    template = await find_own(plane.store, team, reference)
+    builds = await plane.store.list_builds(template.id)
+    if not await plane.store.delete_template(template.id):
         raise template_not_found(reference)
+    await cancel_unfinished(plane, builds)
+    plane.gc.released(f"{template.kind} {template.id} ({', '.join(template.aliases) or 'no name'}) deleted")
+
+
+# -- tags ------------------------------------------------------------------------------------------
+
+
+def _tags(body: Body, name: str) -> list[str]:
+    tags = body.texts(name)
+    if not tags:
+        raise bad_request(f'Invalid request body: "{name}" must list at least one tag')
+    checked = []
+    for tag in tags:
+        ref = parse_template_ref(f"t:{tag}")
+        checked.append(ref.tag or DEFAULT_TAG)
+    return list(dict.fromkeys(checked))
+
+
+async def assign_tags(plane: ControlPlane, team: Team, body: Body) -> dict[str, Any]:
+    """``POST /templates/tags {target: "name[:tag]", tags}`` -> 201 ``{tags, buildID}``: the
+    build ``target`` names gets every tag (``default`` makes it the current build)."""
+    target = body.text("target", required=True) or ""
+    tags = _tags(body, "tags")
+    ref = parse_template_ref(target)
+    template = await find_own(plane.store, team, ref.name)
+    _, build = await plane.resolve_template(team, f"{template.id}:{ref.tag}" if ref.tag else template.id)
+    await plane.store.assign_tags(template.id, build.build_id, tags, utcnow())
+    plane.gc.released(f"tags {', '.join(tags)} of template {template.id} moved to build {build.build_id}")
+    return {"tags": tags, "buildID": build.build_id}
+
+
+async def remove_tags(plane: ControlPlane, team: Team, body: Body) -> None:
+    """``DELETE /templates/tags {name, tags}`` -> 204; 404 when none of the tags is there."""
+    name = body.text("name", required=True) or ""
+    tags = _tags(body, "tags")
+    if DEFAULT_TAG in tags:
+        raise bad_request(
+            f'The "{DEFAULT_TAG}" tag is the template\'s current build: it is replaced by a new build, '
+            "not removed"
+        )
+    template = await find_own(plane.store, team, name)
+    removed = await plane.store.remove_tags(template.id, tags)
+    if not removed:
+        raise ApiError(404, f'Template "{name}" has none of the tags {", ".join(tags)}')
+    plane.gc.released(f"tags {', '.join(removed)} of template {template.id} removed")
+
+
+async def list_tags(plane: ControlPlane, team: Team, reference: str) -> list[dict[str, Any]]:
+    """``GET /templates/{id}/tags`` -> ``[{tag, buildID, createdAt}]``, ``default`` first."""
+    template = await find_own(plane.store, team, reference)
+    return [
+        {"tag": tag.tag, "buildID": tag.build_id, "createdAt": rfc3339(tag.created_at)}
+        for tag in await plane.store.list_tags(template.id)
+    ]

@@ -11,9 +11,10 @@ import sys
 from ember.api import DEFAULT_DB_URL, ApiConfig, ApiServer, TemplateRegistration
 from ember.api.app import DEFAULT_API_PORT
 from ember.api.edge import DEFAULT_EDGE_PORT
+from ember.api.gc import DEFAULT_GC_GRACE_S
 from ember.api.nodes import DEFAULT_NODE_PROXY_PORT, DEFAULT_ORCHESTRATOR
 from ember.api.resume import DEFAULT_INTERNAL_GRPC_PORT
-from ember.cli.flags import FlagParser, non_negative
+from ember.cli.flags import FlagParser, go_duration, non_negative
 from ember.errors import UsageError
 
 SUMMARY = "run the control plane: E2B's REST API, the edge proxy and auto-resume, over orchestrator nodes"
@@ -94,6 +95,19 @@ def build_parser() -> FlagParser:
         metavar="<hours>",
         type=non_negative,
     )
+    parser.add_flag(
+        "storage",
+        help="the build storage the nodes use (a directory, gs://bucket or s3://bucket): deletes "
+        "garbage-collect the builds they release; without it deletes only drop database rows",
+        metavar="<url>",
+    )
+    parser.add_flag(
+        "gc-grace",
+        help="gc never deletes a build whose folder changed this recently (default 24h)",
+        metavar="<duration>",
+        type=go_duration,
+        default=DEFAULT_GC_GRACE_S,
+    )
     parser.add_bool("v", help="verbose: debug logging")
     return parser
 
@@ -114,6 +128,8 @@ def _config(options: argparse.Namespace) -> ApiConfig:
         templates=tuple(TemplateRegistration.parse(text) for text in options.template or ()),
         max_concurrent_sandboxes=options.max_concurrent_sandboxes,
         max_length_hours=options.max_length_hours,
+        storage_url=options.storage or None,
+        gc_grace_s=options.gc_grace,
     )
 
 

@@ -21,16 +21,20 @@ SUMMARY = "delete builds no root reads from, once older than a grace period (dry
 
 DESCRIPTION = f"""{SUMMARY}
 
-usage: ember gc -storage <url> (-keep <build>... | -roots-file <path> | -all-unreferenced)
+usage: ember gc -storage <url> (-db <url> | -keep <build>... | -roots-file <path> | -all-unreferenced)
                 [-grace 24h] [-dry-run=false] [-show-kept]
 
 Roots are the builds in use: live templates' builds, paused sandboxes' snapshots, running
-sandboxes' builds. Name them with -keep (repeatable) and/or -roots-file (one build id per
-line; blank lines and lines starting with # are skipped). A build is kept while a root or a
-kept build's header reads from it (transitively, whatever its age), while anything in its
-folder changed within -grace (an upload, copy or pause in progress), or while a writer's
-.ember-claim on it is that young. Everything else is deleted: complete builds nothing kept
-reads from, and folders without metadata.json left unchanged for longer than -grace.
+sandboxes' builds. -db takes them from the control plane's database (ember api -db): every
+template's current and tagged builds, every paused and running sandbox's build, every
+template build in progress and the build it starts from; it is read again before each batch
+of deletions. Or name them with -keep (repeatable) and/or -roots-file (one build id per
+line; blank lines and lines starting with # are skipped); given together, all are roots.
+A build is kept while a root or a kept build's header reads from it (transitively, whatever
+its age), while anything in its folder changed within -grace (an upload, copy or pause in
+progress), or while a writer's .ember-claim on it is that young. Everything else is
+deleted: complete builds nothing kept reads from, and folders without metadata.json left
+unchanged for longer than -grace.
 Ages come from the storage (file mtimes, GCS updated, S3 LastModified); a storage that keeps
 no times (memory://) has every unrooted build kept unless -grace is 0.
 
@@ -76,6 +80,12 @@ def build_parser() -> FlagParser:
         type=build_id,
     )
     parser.add_flag("roots-file", help="a file of builds in use, one id per line", metavar="<path>")
+    parser.add_flag(
+        "db",
+        help="the control plane's database (sqlite://<path> or postgresql://...): its builds in use "
+        "are the roots",
+        metavar="<url>",
+    )
     parser.add_flag(
         "grace",
         help="never delete a build whose folder changed this recently (default 24h)",
@@ -245,10 +255,29 @@ def _print_report(console: Console, plan: GcPlan, report: GcReport) -> None:
     )
 
 
+def _database_roots(url: str) -> list[uuid.UUID]:
+    """The builds the API database at ``url`` has in use (``ember.api.gc.database_roots``)."""
+    import asyncio
+
+    from ember.api.gc import database_roots
+
+    if url.startswith("sqlite://") and url != "sqlite://:memory:":
+        path = Path(url.removeprefix("sqlite://"))
+        if not path.is_file():  # opening would create an empty database, naming no build
+            raise UsageError(f"-db {url}: there is no database at {path}; check the path")
+    return asyncio.run(database_roots(url))
+
+
 def run(options: argparse.Namespace) -> int:
-    roots: list[uuid.UUID] = list(options.keep)
+    given: list[uuid.UUID] = list(options.keep)
     if options.roots_file:
-        roots += read_roots_file(Path(options.roots_file))
+        given += read_roots_file(Path(options.roots_file))
+    roots = given + (_database_roots(options.db) if options.db else [])
+    if not roots and not options.all_unreferenced and options.db:
+        raise UsageError(
+            f"the database {options.db} names no build in use: every complete build would be deleted; "
+            "check -db, or pass -all-unreferenced if that is what you want"
+        )
     if not roots and not options.all_unreferenced:
         raise UsageError(
             "no roots given: every complete build would be deleted; name the builds in use with -keep or "
@@ -263,6 +292,7 @@ def run(options: argparse.Namespace) -> int:
     if options.dry_run:
         _print_plan(console, plan)
         return 0
-    report = apply_gc(storage, plan, allow_no_roots=options.all_unreferenced)
+    current_roots = (lambda: [*given, *_database_roots(options.db)]) if options.db else None
+    report = apply_gc(storage, plan, current_roots=current_roots, allow_no_roots=options.all_unreferenced)
     _print_report(console, plan, report)
     return 0 if report.ok else 1

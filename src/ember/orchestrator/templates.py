@@ -22,6 +22,7 @@ import re
 import secrets
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -58,6 +59,10 @@ _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 LOG_PAGE_LIMIT = 100
+FINISHED_KEPT_S = 3600.0
+"""How long a finished build's status and log stay answerable: long enough for the API to see
+the outcome (it polls every few seconds), bounded so a node that builds for months does not
+hold every log it ever wrote."""
 _HASH = re.compile(r"[0-9a-f]{64}")
 _LEVELS = {"debug": tpb.Debug, "info": tpb.Info, "warn": tpb.Warn, "error": tpb.Error}
 
@@ -75,6 +80,7 @@ class BuildRecord:
     scheduling: SchedulingInfo | None = None
     cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    finished_at: float | None = None
 
     def log(self, line: LogLine) -> None:
         stamp = timestamp_pb2.Timestamp()
@@ -140,7 +146,6 @@ def spec_from_request(request: tpb.TemplateCreateRequest) -> TemplateSpec:
         memory_mb=config.memoryMB or 1024,
         disk_mb=config.diskSizeMB or 1024,
         cache_scope=request.cacheScope,
-        team_id=config.teamID,
     )
 
 
@@ -175,6 +180,7 @@ class TemplateService(template_manager_pb2_grpc.TemplateServiceServicer):
             spec = spec_from_request(request)
             record = BuildRecord(spec.template_id, spec.build_id)
             with self._lock:
+                self._forget_finished()
                 if spec.build_id in self._builds:
                     raise OrchestratorError(
                         grpc.StatusCode.ALREADY_EXISTS,
@@ -188,6 +194,16 @@ class TemplateService(template_manager_pb2_grpc.TemplateServiceServicer):
 
         return self._answer(context, create)
 
+    def _forget_finished(self) -> None:
+        """Drop the records of builds finished more than ``FINISHED_KEPT_S`` ago (lock held)."""
+        horizon = time.monotonic() - FINISHED_KEPT_S
+        for build_id in [
+            key
+            for key, record in self._builds.items()
+            if record.finished_at is not None and record.finished_at < horizon
+        ]:
+            del self._builds[build_id]
+
     def _build(self, spec: TemplateSpec, record: BuildRecord) -> None:
         _log.info("template build %s of %s started", spec.build_id, spec.template_id)
         try:
@@ -196,6 +212,7 @@ class TemplateService(template_manager_pb2_grpc.TemplateServiceServicer):
             record.log(LogLine(str(exc), level="error", step=exc.step))
             record.reason = tpb.TemplateBuildStatusReason(message=str(exc), step=exc.step)
             record.status = tpb.Failed
+            record.finished_at = time.monotonic()
             _log.warning("template build %s failed at step %s: %s", spec.build_id, exc.step, exc)
             return
         except Exception as exc:  # any other failure still ends this build alone
@@ -203,6 +220,7 @@ class TemplateService(template_manager_pb2_grpc.TemplateServiceServicer):
             record.log(LogLine(f"the build failed: {exc}", level="error"))
             record.reason = tpb.TemplateBuildStatusReason(message=f"the build failed: {exc}")
             record.status = tpb.Failed
+            record.finished_at = time.monotonic()
             return
         record.result = result
         record.scheduling = scheduling_info(
@@ -211,6 +229,7 @@ class TemplateService(template_manager_pb2_grpc.TemplateServiceServicer):
             BuildFile.open(self.node.storage, result.build_id, ROOTFS).header,
         )
         record.status = tpb.Completed
+        record.finished_at = time.monotonic()
         _log.info(
             "template build %s ready: %d layers built, %d from the cache",
             spec.build_id,

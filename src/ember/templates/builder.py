@@ -122,7 +122,7 @@ class TemplateBuilder:
         self.spec = spec
         self.log = log
         self.cancel = cancel or threading.Event()
-        self.cache = LayerCache(node.storage, scope_of(spec.cache_scope, spec.team_id))
+        self.cache = LayerCache(node.storage, scope_of(spec.cache_scope))
         self.built = 0
         self.cached = 0
         self.layers: list[uuid.UUID] = []

@@ -24,9 +24,13 @@ DEFAULT_SCOPE = "default"
 _SCOPE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
-def scope_of(cache_scope: str, team_id: str = "") -> str:
-    """The cache scope a build uses: the one asked for, else the team's, else the default."""
-    scope = cache_scope or team_id or DEFAULT_SCOPE
+def scope_of(cache_scope: str) -> str:
+    """The cache scope a build uses: the one asked for, else the default.
+
+    Not the team's when none is asked for: the file upload that precedes a build names no team,
+    so its files and the build would land in different scopes. The API sends the team id.
+    """
+    scope = cache_scope or DEFAULT_SCOPE
     return scope if _SCOPE.fullmatch(scope) and scope not in (".", "..") else DEFAULT_SCOPE
 
 

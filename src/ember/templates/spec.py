@@ -154,7 +154,6 @@ class TemplateSpec:
     memory_mb: int = 1024
     disk_mb: int = 1024
     cache_scope: str = ""
-    team_id: str = ""
     env: Mapping[str, str] = field(default_factory=dict)
 
 

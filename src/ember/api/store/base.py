@@ -18,7 +18,17 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Protocol
 
-from ember.api.records import ApiKey, Build, SandboxRecord, SnapshotRecord, Team, Template, TemplateKind
+from ember.api.records import (
+    ApiKey,
+    Build,
+    BuildStatus,
+    SandboxRecord,
+    SnapshotRecord,
+    Team,
+    Template,
+    TemplateKind,
+    TemplateTag,
+)
 from ember.errors import EmberError, UsageError
 
 DEFAULT_DB_URL = "sqlite:///var/lib/ember/api.sqlite3"
@@ -63,6 +73,29 @@ class Store(Protocol):
     async def get_build(self, build_id: str) -> Build | None: ...
     async def list_builds(self, template_id: str) -> list[Build]: ...
     async def record_spawn(self, template_id: str, at: dt.datetime) -> None: ...
+
+    # template builds through the API (migration 2)
+    async def update_build(self, build: Build) -> None: ...
+    async def start_build(self, build_id: str, node: str, from_build_id: str | None) -> bool: ...
+    async def finish_build(
+        self,
+        build_id: str,
+        at: dt.datetime,
+        *,
+        envd_version: str,
+        kernel_version: str,
+        firecracker_version: str,
+        disk_mb: int | None,
+    ) -> Build | None: ...
+    async def fail_build(self, build_id: str, at: dt.datetime, reason: str, step: str | None) -> bool: ...
+    async def builds_with_status(self, statuses: Sequence[BuildStatus]) -> list[Build]: ...
+    async def assign_tags(
+        self, template_id: str, build_id: str, tags: Sequence[str], at: dt.datetime
+    ) -> None: ...
+    async def remove_tags(self, template_id: str, tags: Sequence[str]) -> list[str]: ...
+    async def list_tags(self, template_id: str) -> list[TemplateTag]: ...
+    async def tagged_build(self, template_id: str, tag: str) -> str | None: ...
+    async def build_roots(self) -> set[str]: ...
 
     # running sandboxes
     async def put_sandbox(self, record: SandboxRecord) -> None: ...

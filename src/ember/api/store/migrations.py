@@ -13,11 +13,18 @@ Migration 1, the tables:
 ``templates``         id, team, kind (template | snapshot), public, current build, spawn counters,
                       the source sandbox of a snapshot; ``template_aliases`` names them
 ``template_builds``   each build: status, vcpu/RAM/disk, envd/kernel/firecracker versions
-                      (the template build endpoints will add their columns in a later migration)
 ``sandboxes``         running sandboxes, so a restarted API finds them: spec, node, times, the
                       SchedulingMetadata the node's Create answered
 ``snapshots``         paused sandboxes: spec (snapshot template + build), origin node, times,
                       pause mode, the node's SchedulingMetadata (serialized protobuf)
+
+Migration 2, template builds through the API (``POST /v3/templates`` and the build steps):
+
+``template_builds``   + ``node`` (the node building it), ``from_build_id`` (the build a
+                      ``fromTemplate`` build starts from), ``tags`` (JSON list, assigned once
+                      ready), ``reason`` / ``reason_step`` (why it failed, the SDK's step name)
+``template_tags``     ``name:tag`` -> build, one row per template and tag; the ``default`` tag
+                      is not stored here: it is ``templates.build_id``, the current build
 """
 
 from __future__ import annotations
@@ -130,6 +137,26 @@ MIGRATIONS: tuple[Migration, ...] = (
                 scheduling_metadata {{blob}} NOT NULL
             )""",
             "CREATE INDEX snapshots_by_team ON snapshots (team_id, started_at)",
+        ),
+    ),
+    Migration(
+        2,
+        "template builds",
+        (
+            "ALTER TABLE template_builds ADD COLUMN node TEXT",
+            "ALTER TABLE template_builds ADD COLUMN from_build_id TEXT",
+            "ALTER TABLE template_builds ADD COLUMN tags {json} NOT NULL DEFAULT '[]'",
+            "ALTER TABLE template_builds ADD COLUMN reason TEXT",
+            "ALTER TABLE template_builds ADD COLUMN reason_step TEXT",
+            "CREATE INDEX template_builds_by_status ON template_builds (status)",
+            """CREATE TABLE template_tags (
+                template_id TEXT NOT NULL REFERENCES templates (id) ON DELETE CASCADE,
+                tag TEXT NOT NULL,
+                build_id TEXT NOT NULL,
+                created_at {ts} NOT NULL,
+                PRIMARY KEY (template_id, tag)
+            )""",
+            "CREATE INDEX template_tags_by_build ON template_tags (build_id)",
         ),
     ),
 )

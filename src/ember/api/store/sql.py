@@ -31,6 +31,7 @@ from ember.api.records import (
     Team,
     Template,
     TemplateKind,
+    TemplateTag,
 )
 from ember.api.store.base import StoreError
 from ember.api.store.migrations import MIGRATIONS
@@ -89,8 +90,16 @@ _TEMPLATE = (
 )
 _BUILD = (
     "build_id, template_id, status, vcpu, ram_mb, disk_mb, envd_version, kernel_version, "
-    "firecracker_version, created_at, finished_at"
+    "firecracker_version, created_at, finished_at, node, from_build_id, tags, reason, reason_step"
 )
+_BUILD_COLUMNS = tuple(column.strip() for column in _BUILD.split(","))
+_UPDATE_BUILD = (
+    "UPDATE template_builds SET "
+    + ", ".join(f"{column} = ?" for column in _BUILD_COLUMNS[2:])
+    + " WHERE build_id = ?"
+)
+_UNFINISHED = (str(BuildStatus.WAITING), str(BuildStatus.BUILDING))
+DEFAULT_TAG = "default"
 _DEFAULT_TEAM_NAME = "default"
 
 
@@ -420,6 +429,7 @@ class SqlStore:
                 return False
             # Explicit, not only ON DELETE CASCADE: SQLite enforces it only with foreign_keys on.
             self._execute("DELETE FROM template_aliases WHERE template_id = ?", (template_id,))
+            self._execute("DELETE FROM template_tags WHERE template_id = ?", (template_id,))
             self._execute("DELETE FROM template_builds WHERE template_id = ?", (template_id,))
             self._execute("DELETE FROM templates WHERE id = ?", (template_id,))
             return True
@@ -446,27 +456,32 @@ class SqlStore:
 
     def _insert_build(self, build: Build) -> None:
         self._execute(
-            f"INSERT INTO template_builds ({_BUILD}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                build.build_id,
-                build.template_id,
-                str(build.status),
-                build.vcpu,
-                build.ram_mb,
-                build.disk_mb,
-                build.envd_version,
-                build.kernel_version,
-                build.firecracker_version,
-                self._ts_in(build.created_at),
-                self._ts_in(build.finished_at),
-            ),
+            f"INSERT INTO template_builds ({_BUILD}) VALUES ({', '.join('?' for _ in _BUILD_COLUMNS)})",
+            self._build_values(build),
+        )
+
+    def _build_values(self, build: Build) -> tuple[Any, ...]:
+        return (
+            build.build_id,
+            build.template_id,
+            str(build.status),
+            build.vcpu,
+            build.ram_mb,
+            build.disk_mb,
+            build.envd_version,
+            build.kernel_version,
+            build.firecracker_version,
+            self._ts_in(build.created_at),
+            self._ts_in(build.finished_at),
+            build.node,
+            build.from_build_id,
+            self._json_in(list(build.tags)),
+            build.reason,
+            build.reason_step,
         )
 
     async def get_build(self, build_id: str) -> Build | None:
-        rows = await self._run(
-            self._execute, f"SELECT {_BUILD} FROM template_builds WHERE build_id = ?", (build_id,)
-        )
-        return self._build(rows[0]) if rows else None
+        return await self._run(self._get_build, build_id)
 
     async def list_builds(self, template_id: str) -> list[Build]:
         rows = await self._run(
@@ -489,7 +504,224 @@ class SqlStore:
             firecracker_version=row[8],
             created_at=self._required_ts(row[9]),
             finished_at=self._ts_out(row[10]),
+            node=row[11],
+            from_build_id=row[12],
+            tags=tuple(str(tag) for tag in self._json_out(row[13]) or ()),
+            reason=row[14],
+            reason_step=row[15],
         )
+
+    def _get_build(self, build_id: str) -> Build | None:
+        rows = self._execute(f"SELECT {_BUILD} FROM template_builds WHERE build_id = ?", (build_id,))
+        return self._build(rows[0]) if rows else None
+
+    # -- template builds through the API ----------------------------------------------------------
+
+    async def update_build(self, build: Build) -> None:
+        values = self._build_values(build)
+        await self._run(self._execute, _UPDATE_BUILD, (*values[2:], build.build_id))
+
+    async def start_build(self, build_id: str, node: str, from_build_id: str | None) -> bool:
+        """waiting -> building on ``node``; False when the build is not waiting (started already)."""
+        return await self._run(self._start_build, build_id, node, from_build_id)
+
+    def _start_build(self, build_id: str, node: str, from_build_id: str | None) -> bool:
+        with self._transaction():
+            build = self._get_build(build_id)
+            if build is None or build.status is not BuildStatus.WAITING:
+                return False
+            self._execute(
+                "UPDATE template_builds SET status = ?, node = ?, from_build_id = ? WHERE build_id = ?",
+                (str(BuildStatus.BUILDING), node, from_build_id, build_id),
+            )
+            return True
+
+    async def finish_build(
+        self,
+        build_id: str,
+        at: dt.datetime,
+        *,
+        envd_version: str,
+        kernel_version: str,
+        firecracker_version: str,
+        disk_mb: int | None,
+    ) -> Build | None:
+        """building -> ready, its tags assigned (``default``: the current build, unless a newer
+        build already is). Returns the ready build, or None when it was not building."""
+        return await self._run(
+            self._finish_build, build_id, at, envd_version, kernel_version, firecracker_version, disk_mb
+        )
+
+    def _finish_build(
+        self,
+        build_id: str,
+        at: dt.datetime,
+        envd_version: str,
+        kernel_version: str,
+        firecracker_version: str,
+        disk_mb: int | None,
+    ) -> Build | None:
+        with self._transaction():
+            build = self._get_build(build_id)
+            if build is None or build.status is not BuildStatus.BUILDING:
+                return None
+            self._execute(
+                "UPDATE template_builds SET status = ?, envd_version = ?, kernel_version = ?, "
+                "firecracker_version = ?, disk_mb = ?, finished_at = ?, reason = NULL, reason_step = NULL "
+                "WHERE build_id = ?",
+                (
+                    str(BuildStatus.READY),
+                    envd_version or build.envd_version,
+                    kernel_version or build.kernel_version,
+                    firecracker_version or build.firecracker_version,
+                    disk_mb if disk_mb else build.disk_mb,
+                    self._ts_in(at),
+                    build_id,
+                ),
+            )
+            self._assign_tags(build.template_id, build_id, build.tags, at, newer_only=True)
+            return self._get_build(build_id)
+
+    async def fail_build(self, build_id: str, at: dt.datetime, reason: str, step: str | None) -> bool:
+        """waiting/building -> error with its reason; False when it had finished already."""
+        return await self._run(self._fail_build, build_id, at, reason, step)
+
+    def _fail_build(self, build_id: str, at: dt.datetime, reason: str, step: str | None) -> bool:
+        with self._transaction():
+            build = self._get_build(build_id)
+            if build is None or build.finished:
+                return False
+            self._execute(
+                "UPDATE template_builds SET status = ?, reason = ?, reason_step = ?, finished_at = ? "
+                "WHERE build_id = ?",
+                (str(BuildStatus.ERROR), reason, step, self._ts_in(at), build_id),
+            )
+            return True
+
+    async def builds_with_status(self, statuses: Sequence[BuildStatus]) -> list[Build]:
+        if not statuses:
+            return []
+        rows = await self._run(
+            self._execute,
+            f"SELECT {_BUILD} FROM template_builds WHERE status IN ({', '.join('?' for _ in statuses)}) "
+            "ORDER BY created_at, build_id",
+            tuple(str(status) for status in statuses),
+        )
+        return [self._build(row) for row in rows]
+
+    async def assign_tags(
+        self, template_id: str, build_id: str, tags: Sequence[str], at: dt.datetime
+    ) -> None:
+        """Point each of ``tags`` at ``build_id`` (``default``: make it the current build)."""
+        await self._run(self._assign_tags_now, template_id, build_id, tags, at)
+
+    def _assign_tags_now(self, template_id: str, build_id: str, tags: Sequence[str], at: dt.datetime) -> None:
+        with self._transaction():
+            self._assign_tags(template_id, build_id, tags, at, newer_only=False)
+
+    def _assign_tags(
+        self, template_id: str, build_id: str, tags: Sequence[str], at: dt.datetime, newer_only: bool
+    ) -> None:
+        for tag in dict.fromkeys(tags):
+            if tag == DEFAULT_TAG:
+                if newer_only and not self._is_newer_than_current(template_id, build_id):
+                    continue
+                self._execute(
+                    "UPDATE templates SET build_id = ?, updated_at = ? WHERE id = ?",
+                    (build_id, self._ts_in(at), template_id),
+                )
+                continue
+            self._execute(
+                "INSERT INTO template_tags (template_id, tag, build_id, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (template_id, tag) DO UPDATE SET build_id = excluded.build_id, "
+                "created_at = excluded.created_at",
+                (template_id, tag, build_id, self._ts_in(at)),
+            )
+
+    def _is_newer_than_current(self, template_id: str, build_id: str) -> bool:
+        """Whether ``build_id`` was requested after the template's current build (or there is none):
+        builds finishing out of order never make an older one current again."""
+        rows = self._execute(
+            "SELECT b.created_at, b.build_id FROM templates t "
+            "JOIN template_builds b ON b.build_id = t.build_id WHERE t.id = ?",
+            (template_id,),
+        )
+        mine = self._get_build(build_id)
+        if not rows or mine is None:
+            return True
+        current = (self._required_ts(rows[0][0]), str(rows[0][1]))
+        return (mine.created_at, mine.build_id) >= current
+
+    async def remove_tags(self, template_id: str, tags: Sequence[str]) -> list[str]:
+        """Drop ``tags`` (never ``default``) from the template; returns those that were there."""
+        return await self._run(self._remove_tags, template_id, tags)
+
+    def _remove_tags(self, template_id: str, tags: Sequence[str]) -> list[str]:
+        removed = []
+        with self._transaction():
+            for tag in dict.fromkeys(tags):
+                if self._execute(
+                    "SELECT tag FROM template_tags WHERE template_id = ? AND tag = ?", (template_id, tag)
+                ):
+                    self._execute(
+                        "DELETE FROM template_tags WHERE template_id = ? AND tag = ?", (template_id, tag)
+                    )
+                    removed.append(tag)
+        return removed
+
+    async def list_tags(self, template_id: str) -> list[TemplateTag]:
+        """The template's tags, ``default`` (its current build, if any) first."""
+        return await self._run(self._list_tags, template_id)
+
+    def _list_tags(self, template_id: str) -> list[TemplateTag]:
+        found: list[TemplateTag] = []
+        current = self._execute("SELECT build_id, updated_at FROM templates WHERE id = ?", (template_id,))
+        if current and current[0][0]:
+            found.append(TemplateTag(DEFAULT_TAG, str(current[0][0]), self._required_ts(current[0][1])))
+        rows = self._execute(
+            "SELECT tag, build_id, created_at FROM template_tags WHERE template_id = ? ORDER BY tag",
+            (template_id,),
+        )
+        found += [TemplateTag(str(row[0]), str(row[1]), self._required_ts(row[2])) for row in rows]
+        return found
+
+    async def tagged_build(self, template_id: str, tag: str) -> str | None:
+        """The build ``tag`` names in the template (``default``: the current build), or None."""
+        if tag == DEFAULT_TAG:
+            template = await self.get_template(template_id)
+            return template.build_id if template is not None else None
+        rows = await self._run(
+            self._execute,
+            "SELECT build_id FROM template_tags WHERE template_id = ? AND tag = ?",
+            (template_id, tag),
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def build_roots(self) -> set[str]:
+        """Every build still in use, for gc: each template's current build and tagged builds,
+        every paused sandbox's build, every running sandbox's build, every build not finished
+        yet and the build each of those starts from."""
+        return await self._run(self._build_roots)
+
+    def _build_roots(self) -> set[str]:
+        placeholders = ", ".join("?" for _ in _UNFINISHED)
+        queries: list[tuple[str, tuple[Any, ...]]] = [
+            ("SELECT build_id FROM templates WHERE build_id IS NOT NULL", ()),
+            ("SELECT build_id FROM template_tags", ()),
+            ("SELECT build_id FROM snapshots", ()),
+            ("SELECT build_id FROM sandboxes", ()),
+            (f"SELECT build_id FROM template_builds WHERE status IN ({placeholders})", _UNFINISHED),
+            (
+                f"SELECT from_build_id FROM template_builds WHERE status IN ({placeholders}) "
+                "AND from_build_id IS NOT NULL",
+                _UNFINISHED,
+            ),
+        ]
+        roots: set[str] = set()
+        with self._transaction():  # one consistent view of every table
+            for query, params in queries:
+                roots.update(str(row[0]) for row in self._execute(query, params) if row[0])
+        return roots
 
     async def record_spawn(self, template_id: str, at: dt.datetime) -> None:
         await self._run(
