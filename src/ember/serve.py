@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import os
 import signal
@@ -34,8 +33,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ember.api import ApiConfig, ApiServer, Store, TemplateRegistration, open_store
-from ember.api.auth import hash_api_key, mask_api_key, new_api_key
-from ember.api.records import ApiKey
+from ember.api.auth import add_api_key, hash_api_key
 from ember.envd import ENVD_VERSION
 from ember.errors import UsageError
 from ember.orchestrator.daemon import Daemon, DaemonConfig
@@ -188,19 +186,13 @@ class LocalStack:
         if path.is_file():
             key = path.read_text().strip()
             if await store.team_for_api_key(hash_api_key(key)) is None:
-                await self._add_api_key(store, key)
+                await add_api_key(store, "ember serve", key)
             return key
-        key = new_api_key()
-        await self._add_api_key(store, key)
+        key = await add_api_key(store, "ember serve")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as target:
             target.write(key + "\n")
         return key
-
-    async def _add_api_key(self, store: Store, key: str) -> None:
-        team = await store.default_team()
-        record = ApiKey(str(uuid.uuid4()), team.id, "ember serve", mask_api_key(key), dt.datetime.now(dt.UTC))
-        await store.add_api_key(record, hash_api_key(key))
 
     def environment(self) -> dict[str, str]:
         """What a client exports to reach this stack with E2B's SDKs."""

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import uuid
 
 from ember.api import DEFAULT_DB_URL, open_store
-from ember.api.auth import hash_api_key, mask_api_key, new_api_key
-from ember.api.records import ApiKey
+from ember.api.auth import add_api_key
 from ember.cli.flags import FlagParser
 
 SUMMARY = "create an API key of the control plane (printed once) or list the keys"
@@ -35,10 +32,7 @@ def run(options: argparse.Namespace) -> int:
 async def _create(options: argparse.Namespace) -> int:
     store = await open_store(options.db)
     try:
-        team = await store.default_team()
-        key = new_api_key()
-        record = ApiKey(str(uuid.uuid4()), team.id, options.name, mask_api_key(key), dt.datetime.now(dt.UTC))
-        await store.add_api_key(record, hash_api_key(key))
+        key = await add_api_key(store, options.name)
     finally:
         await store.close()
     print(key)

@@ -2,7 +2,7 @@
 
 Two backends implement it with the same schema and the same numbered migrations:
 ``sqlite.SqliteStore`` (embedded, the default) and ``postgres.PostgresStore`` (psycopg 3).
-``open_store(url)`` picks one by URL:
+``opening.open_store(url)`` picks one by URL:
 
 * ``sqlite:///var/lib/ember/api.sqlite3`` (the path is what follows ``sqlite://``, so three
   slashes make it absolute), ``sqlite://relative.db``, ``sqlite://:memory:``;
@@ -29,7 +29,7 @@ from ember.api.records import (
     TemplateKind,
     TemplateTag,
 )
-from ember.errors import EmberError, UsageError
+from ember.errors import EmberError
 
 DEFAULT_DB_URL = "sqlite:///var/lib/ember/api.sqlite3"
 
@@ -107,29 +107,3 @@ class Store(Protocol):
     async def get_snapshot(self, sandbox_id: str) -> SnapshotRecord | None: ...
     async def delete_snapshot(self, sandbox_id: str) -> bool: ...
     async def list_snapshots(self, team_id: str, exclude: Sequence[str] = ()) -> list[SnapshotRecord]: ...
-
-
-async def open_store(url: str) -> Store:
-    """Open and migrate the database at ``url`` (see the module docstring); raises UsageError
-    for a URL of no known kind, StoreError when the database cannot be opened."""
-    if url.startswith("sqlite://"):
-        from ember.api.store.sqlite import SqliteStore
-
-        sqlite_store = SqliteStore(url)
-        await sqlite_store.open()
-        return sqlite_store
-    if url.startswith(("postgresql://", "postgres://")):
-        try:
-            from ember.api.store.postgres import PostgresStore
-        except ImportError as exc:  # psycopg without a libpq to load
-            raise UsageError(
-                f"PostgreSQL support cannot load ({exc}): install libpq (apt-get install libpq5)"
-            ) from exc
-
-        postgres_store = PostgresStore(url)
-        await postgres_store.open()
-        return postgres_store
-    raise UsageError(
-        f"database URL {url!r} is neither sqlite://<path> nor postgresql://...: "
-        "e.g. -db sqlite:///var/lib/ember/api.sqlite3"
-    )
