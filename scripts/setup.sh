@@ -64,3 +64,17 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp || $stale == 1 ]]; then
     .venv/bin/python -m pip install -q -e '.[test]'
     touch "$stamp"
 fi
+
+# E2B's JS SDK for tests/e2e/test_js_sdk.py, exactly as tests/e2e/js/package-lock.json pins it
+# (npm ci; again only when the lock file is newer than the install). node and npm come from the
+# machine; the JS test skips only when node is missing.
+js=tests/e2e/js
+if command -v npm >/dev/null; then
+    installed=$js/node_modules/.package-lock.json  # npm ci writes it last
+    if [[ ! -f $installed || $js/package-lock.json -nt $installed ]]; then
+        echo "setup: installing E2B's JS SDK for the e2e tests ($js)"
+        (cd "$js" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+else
+    echo "setup: npm is not installed: tests/e2e/test_js_sdk.py cannot run (apt-get install nodejs npm)" >&2
+fi
