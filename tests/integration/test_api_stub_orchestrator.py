@@ -616,6 +616,7 @@ class ApiHarness:
             max_concurrent_sandboxes=self.limits[0],
             max_length_hours=self.limits[1],
             storage_url=self.storage_url,
+            capacity_wait_s=0.2,
             gc_grace_s=self.gc_grace_s,
         )
         server = ApiServer(config)

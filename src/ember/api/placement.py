@@ -7,6 +7,10 @@ The original's rules (``orchestrator/placement``):
   with ``R`` = 4 (the overcommit) and ``ALPHA`` = 0.5, take the lowest;
 * a node answering ``RESOURCE_EXHAUSTED`` is full: try another without counting an attempt;
   any other error excludes the node and counts one; at most ``MAX_ATTEMPTS`` (3);
+* when every node left refused only for capacity, wait (``CAPACITY_RETRY_S``, growing) and
+  ask them again, for up to ``CAPACITY_WAIT_S``: a node refuses fresh creates while three of
+  its sandboxes are starting, which passes in about a second, so a burst of creates on a
+  small cluster queues instead of failing;
 * failures: a deadline -> 504 ``sandbox_placement_timeout``; capacity refusals only -> 503
   ``sandbox_capacity_unavailable``; no eligible node -> 503 ``sandbox_no_compatible_node``;
   create errors -> 500 ``sandbox_create_failed`` (the node's message is passed on only for
@@ -41,6 +45,9 @@ R = 4.0
 ALPHA = 0.5
 MAX_ATTEMPTS = 3
 PLACEMENT_TIMEOUT_S = 180.0
+CAPACITY_WAIT_S = 30.0
+CAPACITY_RETRY_S = (0.05, 1.0)
+"""The first and the longest pause between two rounds of asking full nodes again."""
 
 _FORWARDED = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT})
 
@@ -78,10 +85,11 @@ async def place(
     preferred: str | None = None,
     rng: random.Random | None = None,
     timeout_s: float = PLACEMENT_TIMEOUT_S,
+    capacity_wait_s: float = CAPACITY_WAIT_S,
 ) -> Placed:
     """Create the sandbox on some node (see the module docstring); raises ApiError."""
     try:
-        return await asyncio.wait_for(_place(pool, request, preferred, rng), timeout_s)
+        return await asyncio.wait_for(_place(pool, request, preferred, rng, capacity_wait_s), timeout_s)
     except TimeoutError:
         raise ApiError(
             504, f"{PLACEMENT_FAILED}: no node started it within {timeout_s:.0f} s", PLACEMENT_TIMEOUT
@@ -93,19 +101,30 @@ async def _place(
     request: orchestrator_pb2.SandboxCreateRequest,
     preferred: str | None,
     rng: random.Random | None,
+    capacity_wait_s: float,
 ) -> Placed:
     vcpu = request.sandbox.vcpu
     excluded: set[str] = set()
+    full: set[str] = set()
     attempts = 0
     refusals = 0
     last_error: NodeError | None = None
     first = pool.get(preferred) if preferred else None
     nodes = list(pool.nodes.values())
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + capacity_wait_s
+    pause, longest = CAPACITY_RETRY_S
     while attempts < MAX_ATTEMPTS:
         node = first if first is not None and first.healthy else choose(nodes, vcpu, excluded, rng)
         first = None
         if node is None:
-            break
+            if not full or loop.time() + pause > give_up_at:
+                break
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, longest)
+            excluded -= full
+            full.clear()
+            continue
         node.pending_vcpus += vcpu
         try:
             response = await node.create(request)
@@ -113,6 +132,7 @@ async def _place(
             excluded.add(node.address)
             if exc.code is grpc.StatusCode.RESOURCE_EXHAUSTED:
                 refusals += 1
+                full.add(node.address)
             else:
                 attempts += 1
                 last_error = exc

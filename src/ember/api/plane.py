@@ -25,7 +25,7 @@ from ember.api.errors import MAX_LENGTH_EXCEEDED, ApiError, template_not_found
 from ember.api.ids import TemplateRef, parse_template_ref
 from ember.api.network import network_config
 from ember.api.nodes import NodeError, NodePool
-from ember.api.placement import place
+from ember.api.placement import CAPACITY_WAIT_S, place
 from ember.api.records import Build, BuildStatus, SandboxRecord, SandboxSpec, Team, Template
 from ember.api.store import Store, StoreError
 from ember.api.tokens import TokenMinter
@@ -67,6 +67,7 @@ class ControlPlane:
         self.catalog = Catalog()
         self.gc: Releases = _NoGc()
         self.watch_build: Callable[[Build], None] = _no_watch
+        self.capacity_wait_s = CAPACITY_WAIT_S
 
     # -- tokens -------------------------------------------------------------------------------
 
@@ -163,7 +164,7 @@ class ControlPlane:
             request.end_time.FromDatetime(now + dt.timedelta(seconds=timeout_s))
             if filesystem_boot:
                 request.filesystem_boot = True
-            placed = await place(self.nodes, request, preferred_node)
+            placed = await place(self.nodes, request, preferred_node, capacity_wait_s=self.capacity_wait_s)
             started = utcnow()
             record = SandboxRecord(
                 sandbox_id=sandbox_id,

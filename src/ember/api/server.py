@@ -35,6 +35,7 @@ from ember.api.edge import DEFAULT_EDGE_PORT, IDLE_TIMEOUT_S, EdgeProxy
 from ember.api.gc import DEFAULT_GC_GRACE_S, GcService
 from ember.api.lifecycle import Evictor, NodeSync
 from ember.api.nodes import DEFAULT_NODE_PROXY_PORT, DEFAULT_ORCHESTRATOR, NodePool
+from ember.api.placement import CAPACITY_WAIT_S
 from ember.api.plane import ControlPlane
 from ember.api.records import Team
 from ember.api.resume import DEFAULT_INTERNAL_GRPC_PORT, ResumeService
@@ -69,6 +70,8 @@ class ApiConfig:
     """The build storage the nodes use (``-storage``), for gc; None turns gc off."""
     gc_grace_s: float = DEFAULT_GC_GRACE_S
     """gc never deletes a build younger than this (``-gc-grace``)."""
+    capacity_wait_s: float = CAPACITY_WAIT_S
+    """How long a create waits for a node that is full (starting three sandboxes) before a 503."""
 
 
 class ApiServer:
@@ -111,6 +114,7 @@ class ApiServer:
                 "template %s (%s) runs build %s", registration.alias, template.id, registration.build_id
             )
         plane = self.plane = ControlPlane(store, nodes, TokenMinter(await store.token_seed()), config.domain)
+        plane.capacity_wait_s = config.capacity_wait_s
         gc = self.gc = GcService(store, storage, config.gc_grace_s, plane.catalog)
         plane.gc = gc
         watcher = self.builds = BuildWatcher(plane)

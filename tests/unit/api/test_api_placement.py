@@ -55,8 +55,10 @@ def _request(vcpu: int = 2) -> orchestrator_pb2.SandboxCreateRequest:
     return orchestrator_pb2.SandboxCreateRequest(sandbox=orchestrator_pb2.SandboxConfig(vcpu=vcpu))
 
 
-def _place(pool: NodePool, preferred: str | None = None) -> str:
-    placed = asyncio.run(place(pool, _request(), preferred, random.Random(7)))
+def _place(pool: NodePool, preferred: str | None = None, capacity_wait_s: float = 0.0) -> str:
+    placed = asyncio.run(
+        place(pool, _request(), preferred, random.Random(7), capacity_wait_s=capacity_wait_s)
+    )
     return placed.node.address
 
 
@@ -84,6 +86,23 @@ def test_resource_exhausted_moves_on_without_counting_an_attempt() -> None:
     for node in nodes[:-1]:
         node.answers = [grpc.StatusCode.RESOURCE_EXHAUSTED]
     assert _place(_pool(*nodes)) == nodes[-1].address
+
+
+def test_a_burst_waits_for_a_full_node_instead_of_failing() -> None:
+    """One node busy starting sandboxes refuses twice, then takes the create."""
+    node = _Node("only")
+    node.answers = [grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.RESOURCE_EXHAUSTED]
+    assert _place(_pool(node), capacity_wait_s=5.0) == "only"
+    assert node.calls == 3 and node.placed_vcpus == 2 and node.pending_vcpus == 0
+
+
+def test_a_node_that_stays_full_is_503_once_the_wait_is_over() -> None:
+    node = _Node("only")
+    node.answers = [grpc.StatusCode.RESOURCE_EXHAUSTED] * 100
+    with pytest.raises(ApiError) as caught:
+        _place(_pool(node), capacity_wait_s=0.3)
+    assert (caught.value.status, caught.value.error_code) == (503, "sandbox_capacity_unavailable")
+    assert 2 <= node.calls < 100
 
 
 def test_other_errors_exclude_the_node_and_count_up_to_three_attempts() -> None:
