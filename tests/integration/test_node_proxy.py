@@ -549,6 +549,28 @@ def test_a_client_that_leaves_a_stream_drops_it(env: _Env, client: httpx.Client)
     assert env.upstream.endless_stream_dropped.wait(10), "the VM's side of the stream is still open"
 
 
+def test_a_stream_to_a_sandbox_that_goes_away_is_cut(env: _Env, client: httpx.Client) -> None:
+    """A paused or killed guest never closes its streams: the proxy cuts them for it."""
+    env.upstream.endless_stream_dropped.clear()
+    env.directory.targets["vanishing1"] = ProxyTarget("vanishing1", env.vm_ip, None)
+    before = _settled(env.proxy, env.proxy.counters.requests)
+    with client.stream("GET", "/forever", headers={"Host": env.host("vanishing1")}) as response:
+        chunks = response.iter_raw()
+        assert next(chunks) == b"tick"
+        del env.directory.targets["vanishing1"]
+        cut_at = time.monotonic()
+        with pytest.raises(httpx.RemoteProtocolError):
+            next(chunks)
+    assert time.monotonic() - cut_at < 10
+    assert _settled(env.proxy, before["requests"] + 1)["sandbox_gone"] == before["sandbox_gone"] + 1
+    assert env.upstream.endless_stream_dropped.wait(10), "the VM's side of the stream is still open"
+
+
+def test_a_stream_to_a_sandbox_that_stays_is_not_cut(env: _Env, client: httpx.Client) -> None:
+    with client.stream("GET", "/stream", headers={"Host": env.host("open1")}) as response:
+        assert b"".join(response.iter_raw()) == b"data: first\n\ndata: second\n\n"
+
+
 # --- websocket -------------------------------------------------------------------------------
 
 

@@ -87,6 +87,7 @@ class _Directory:
             host=host,
             traffic_access_token=managed.request.traffic_access_token,
             mask_request_host=managed.request.mask_request_host,
+            run=managed.sandbox,
         )
 
 

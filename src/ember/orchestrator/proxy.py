@@ -23,6 +23,12 @@ Connections to the VM are never reused: each request dials anew and closes after
 paused or replaced sandbox never receives a stale connection, and no cookie jar is kept.
 Connections from the edge are kept alive up to ``IDLE_TIMEOUT_S``.
 
+A relay whose sandbox goes away (paused, killed, its VM dead) is cut within
+``STREAM_CHECK_S``: a guest that vanished sends neither FIN nor RST, so a stream to it (a
+command's output, a watch) would otherwise wait forever, and its client with it. The proxy
+asks the directory about every open relay's sandbox at that interval and aborts the client
+connection of each whose target is no longer the one it dialled.
+
 Not implemented: the original's HTML error pages for browser navigations, its optional
 per-sandbox connection limit (off by default there), and upgrades other than WebSocket (their
 Upgrade header is dropped and the request is relayed as plain HTTP).
@@ -31,6 +37,7 @@ Upgrade header is dropped and the request is relayed as plain HTTP).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import logging
@@ -51,6 +58,7 @@ from ember.traffic.relay import (
     NO_AUTO_HEADERS,
     PortNotOpen,
     ProxyOutcome,
+    abort,
     end_to_end,
     is_websocket_upgrade,
     json_error,
@@ -79,6 +87,7 @@ PORT_NOT_OPEN_MESSAGE = "The sandbox is running but port is not open"
 _log = logging.getLogger(__name__)
 
 _SHUTDOWN_GRACE_S = 1.0
+STREAM_CHECK_S = 1.0
 _SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
 _T = TypeVar("_T")
 
@@ -94,6 +103,9 @@ class ProxyTarget:
     traffic_access_token: str | None
     # Host header sent to the VM instead of the client's (``${PORT}`` becomes the port).
     mask_request_host: str | None = None
+    # The node's object for this run of the sandbox, compared by identity: a resume makes a new
+    # one, so a relay to the run before is cut even when the new run has the same slot.
+    run: object = None
 
 
 class SandboxDirectory(Protocol):
@@ -154,6 +166,8 @@ class NodeProxy:
         self._node_routes = dict(node_routes or {})
         self.counters = ProxyCounters()
         self._runner: web.AppRunner | None = None
+        self._relays: dict[asyncio.Task[object], ProxyTarget] = {}
+        self._cut: set[asyncio.Task[object]] = set()
 
     def application(self) -> web.Application:
         """A new application serving every method and path; its client session lives with it.
@@ -166,7 +180,26 @@ class NodeProxy:
         )
         app.router.add_route("*", "/{path:.*}", self._handle)
         app.cleanup_ctx.append(_client_session)
+        app.cleanup_ctx.append(self._sweeping)
         return app
+
+    async def _sweeping(self, app: web.Application) -> AsyncIterator[None]:
+        sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="node-proxy-sweep")
+        yield
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+
+    async def _sweep(self) -> None:
+        """Cut the relays whose sandbox is gone (see the module docstring)."""
+        while True:
+            await asyncio.sleep(STREAM_CHECK_S)
+            for task, target in list(self._relays.items()):
+                if task in self._cut or self._directory.lookup(target.sandbox_id) == target:
+                    continue
+                _log.info("sandbox %s is gone: cutting its open relay", target.sandbox_id)
+                self._cut.add(task)
+                task.cancel()
 
     async def start(self, host: str = "0.0.0.0", port: int = DEFAULT_PORT) -> tuple[str, int]:
         """Listen on ``host:port`` (0 picks a free port); returns the bound address. Raises ProxyError."""
@@ -210,11 +243,20 @@ class NodeProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.counters.requests += 1
+        task = asyncio.current_task()
         try:
             outcome, response = await self._serve(request)
-        except asyncio.CancelledError:  # the client went away; aiohttp cancels its handler
-            self.counters.record(ProxyOutcome.CLIENT_GONE)
+        except asyncio.CancelledError:
+            if task in self._cut:  # its sandbox is gone: the client learns it from a broken connection
+                abort(request)
+                self.counters.record(ProxyOutcome.SANDBOX_GONE)
+            else:  # the client went away; aiohttp cancels its handler
+                self.counters.record(ProxyOutcome.CLIENT_GONE)
             raise
+        finally:
+            if task is not None:
+                self._relays.pop(task, None)
+                self._cut.discard(task)
         self.counters.record(outcome)
         return response
 
@@ -251,6 +293,9 @@ class NodeProxy:
             encoded=True,
         )
         headers = _upstream_headers(request, target, route)
+        task = asyncio.current_task()
+        if task is not None:
+            self._relays[task] = target
         try:
             if is_websocket_upgrade(request):
                 return await relay_websocket(request, session, url, headers)

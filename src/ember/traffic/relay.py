@@ -76,6 +76,7 @@ class ProxyOutcome(enum.Enum):
     PORT_NOT_OPEN = "port_not_open"
     UPSTREAM_FAILED = "upstream_failed"
     CLIENT_GONE = "client_gone"
+    SANDBOX_GONE = "sandbox_gone"
     NODE_PAGE = "node_page"
 
 
