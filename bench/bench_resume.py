@@ -74,7 +74,7 @@ from ember.sandbox import (
     new_access_token,
     save_prefetch,
 )
-from ember.sandbox.guest import NBD_DISK_THREADS, TOKEN_FW_CFG, kernel_for, token_hash
+from ember.sandbox.guest import TOKEN_FW_CFG, kernel_for, nbd_disk_threads, token_hash
 from ember.sandbox.rootfs import ServedRootfs
 from ember.storage import MEMFILE, ROOTFS, open_storage
 from ember.vmm.base import VmSnapshot
@@ -207,7 +207,7 @@ def flat(node: Node, build: BuildInfo, ram: Path, root: Path) -> Resumed:
                 "rootfs",
                 rootfs_file.block_size,
                 socket_dir=sockets,
-                disk_threads=NBD_DISK_THREADS,
+                disk_threads=nbd_disk_threads(node.storage),
             )
         )
         kernel = kernel_for(node.env, build.metadata.template.kernel_version)

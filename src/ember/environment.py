@@ -12,8 +12,10 @@ explicitly set variable always wins.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,24 @@ from ember.errors import UsageError
 
 _GO_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 SUPPORTED_ARCHES = ("amd64", "arm64")
+DEFAULT_ENVD_TIMEOUT_S = 10.0
+"""How long a resumed guest's envd has to answer /init (the original's ENVD_TIMEOUT default)."""
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def parse_go_duration(text: str) -> float:
+    """Seconds in a Go duration string such as ``48h``, ``1h30m`` or ``500ms``; ValueError if not one."""
+    if text == "0":
+        return 0.0
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f"invalid duration {text!r} (use forms like 48h, 90m, 1h30m, 10s)")
+    seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    if not math.isfinite(seconds):
+        raise ValueError(f"invalid duration {text!r}: it is too long to represent")
+    return seconds
 
 
 def host_arch() -> str:
@@ -47,6 +67,7 @@ class Environment:
     snapshot_cache_dir: Path
     sandbox_dir: Path
     local_mode: bool
+    envd_timeout_s: float = DEFAULT_ENVD_TIMEOUT_S
 
     @classmethod
     def resolve(cls, storage: str | None = None, environ: Mapping[str, str] | None = None) -> Environment:
@@ -74,4 +95,18 @@ class Environment:
             snapshot_cache_dir=pick("SNAPSHOT_CACHE_DIR", "snapshot-cache", "/mnt/snapshot-cache"),
             sandbox_dir=Path(env.get("SANDBOX_DIR") or "/fc-vm"),
             local_mode=local,
+            envd_timeout_s=_envd_timeout(env.get("ENVD_TIMEOUT")),
         )
+
+
+def _envd_timeout(text: str | None) -> float:
+    """``ENVD_TIMEOUT``: a Go duration (``30s``) or plain seconds; unset means the default."""
+    if not text:
+        return DEFAULT_ENVD_TIMEOUT_S
+    try:
+        seconds = float(text) if text.replace(".", "", 1).isdigit() else parse_go_duration(text)
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
+        raise UsageError(f"ENVD_TIMEOUT={text!r} is not a positive duration: use e.g. 10s, 30s or 1m")
+    return seconds

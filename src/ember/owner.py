@@ -32,13 +32,16 @@ class Liveness(enum.Enum):
 
 
 def process_start_time(pid: int) -> int | None:
-    """The start time of ``pid`` in clock ticks since boot, or None when there is no such process."""
+    """The start time of ``pid`` in clock ticks since boot; None when there is no such process
+    or it has exited and waits to be reaped (a zombie holds its pid, not its resources, and an
+    init that reaps late must not keep a dead owner's resources from being reclaimed)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     try:
-        return int(stat.rsplit(")", 1)[1].split()[19])
+        fields = stat.rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else int(fields[19])
     except (IndexError, ValueError):
         return None
 

@@ -38,3 +38,17 @@ def test_explicit_variables_win_over_local_defaults(tmp_path: Path) -> None:
 def test_unknown_target_arch_is_refused() -> None:
     with pytest.raises(UsageError, match="TARGET_ARCH='riscv64' is not supported"):
         Environment.resolve(None, environ={"TARGET_ARCH": "riscv64"})
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [(None, 10.0), ("30s", 30.0), ("1m30s", 90.0), ("45", 45.0), ("2.5", 2.5)]
+)
+def test_envd_timeout_is_a_go_duration_or_seconds(text: str | None, seconds: float) -> None:
+    environ = {} if text is None else {"ENVD_TIMEOUT": text}
+    assert Environment.resolve("gs://bucket", environ).envd_timeout_s == seconds
+
+
+@pytest.mark.parametrize("text", ["0", "-5s", "soon", "10 s"])
+def test_a_bad_envd_timeout_is_refused_with_what_to_set(text: str) -> None:
+    with pytest.raises(UsageError, match=r"ENVD_TIMEOUT=.* use e\.g\. 10s"):
+        Environment.resolve("gs://bucket", {"ENVD_TIMEOUT": text})

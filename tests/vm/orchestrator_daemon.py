@@ -43,6 +43,8 @@ def environment(base: Path) -> dict[str, str]:
         **os.environ,
         "HOST_KERNELS_DIR": str(cache_dir() / "kernels"),
         "ORCHESTRATOR_BASE_PATH": str(base),
+        # Twenty TCG guests waking at once on two cores may need more than the default 10 s.
+        "ENVD_TIMEOUT": "60s",
     }
 
 

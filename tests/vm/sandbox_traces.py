@@ -69,12 +69,15 @@ class Run:
     owner_pid: int
     base_path: Path
     """The command's ORCHESTRATOR_BASE_PATH (``<storage>/orchestrator`` in local mode)."""
+    helper_pids: frozenset[int] = frozenset()
+    """Processes of the command seen while it ran (its slot keeper writes the slot's owner record)."""
 
     @classmethod
     def from_output(cls, output: str, owner_pid: int, base_path: Path) -> Run:
         found = CREATE_STARTED.search(output) or RESUME_STARTED.search(output)
         assert found, f"the command printed no sandbox id and slot:\n{output}"
-        return cls(found.group(1), int(found.group(2)), owner_pid, base_path)
+        helpers = frozenset(proc.pid for proc in descendants(owner_pid))
+        return cls(found.group(1), int(found.group(2)), owner_pid, base_path, helpers)
 
     def workspaces(self) -> list[Path]:
         return sorted((self.base_path / "sandbox").glob(f"{self.sandbox_id}-*"))
@@ -108,8 +111,14 @@ class Run:
         return found
 
     def slot_held(self) -> bool:
-        """Whether the slot's owner record still names the command (its slot was never released)."""
-        return _owner_pid(SLOT_OWNERS / str(self.slot)) == self.owner_pid
+        """Whether the slot's owner record names the command or a dead process: never released.
+
+        A released slot has no record; another live sandbox's record names a live process.
+        """
+        owner = _owner_pid(SLOT_OWNERS / str(self.slot))
+        if owner is None:
+            return False
+        return owner == self.owner_pid or owner in self.helper_pids or not Path(f"/proc/{owner}").exists()
 
     def leftovers(self) -> list[str]:
         """Everything of this run still on the host (empty when it was all released)."""
@@ -127,6 +136,26 @@ class Run:
         while left := self.leftovers():
             assert time.monotonic() < deadline, f"left behind by sandbox {self.sandbox_id}: {left}"
             time.sleep(0.2)
+
+
+def slots_owned_by(pids: Iterable[int]) -> list[str]:
+    """The network slots whose owner record names one of ``pids`` (e.g. a node's processes)."""
+    wanted = set(pids)
+    owned = []
+    for entry in sorted(SLOT_OWNERS.glob("[0-9]*")):
+        owner = _owner_pid(entry) if entry.name.isdigit() else None
+        if owner in wanted:
+            owned.append(f"slot {entry.name} (owner record: pid {owner})")
+    return owned
+
+
+def wait_slots_released(pids: Iterable[int], within_s: float = 10.0) -> None:
+    """No slot is owned by ``pids`` within ``within_s`` (a node may let go of a slot in the background)."""
+    wanted = list(pids)
+    deadline = time.monotonic() + within_s
+    while held := slots_owned_by(wanted):
+        assert time.monotonic() < deadline, f"network slots still held: {held}"
+        time.sleep(0.1)
 
 
 def _owner_pid(path: Path) -> int | None:
@@ -198,13 +227,15 @@ def descendants(pid: int) -> list[Proc]:
 
 
 def wait_all_gone(processes: Sequence[Proc], within_s: float = 20.0) -> None:
-    """Every process in ``processes`` exits within ``within_s``.
+    """Every process in ``processes`` exits, and is reaped, within ``within_s``.
 
     A process stuck in D state (uninterruptible: a QEMU waiting on a FUSE server that died)
-    never exits, and its state is in the failure message.
+    never exits, and its state is in the failure message. Reaped, not just a zombie: ember's
+    owner records still count a zombie as a live owner, and this host's init reaps orphans
+    only every ~2 s, so a next command started at once would see the dead run as alive.
     """
     deadline = time.monotonic() + within_s
-    while alive := [proc for proc in processes if proc.state() not in (None, "Z")]:
+    while alive := [proc for proc in processes if proc.state() is not None]:
         if time.monotonic() > deadline:
             raise AssertionError(
                 "processes of the killed run still exist: " + "; ".join(p.describe() for p in alive)

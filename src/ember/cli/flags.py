@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 import uuid
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from ember.environment import parse_go_duration
 from ember.errors import UsageError
 
 _TRUE = {"1", "t", "true", "T", "TRUE", "True"}
@@ -166,18 +166,9 @@ def positive_float(text: str) -> float:
     return value
 
 
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-
-
 def go_duration(text: str) -> float:
     """Seconds in a Go duration string such as ``48h``, ``1h30m`` or ``500ms`` (what -grace takes)."""
-    parts = _DURATION_PART.findall(text)
-    if text == "0":
-        return 0.0
-    if not parts or "".join(number + unit for number, unit in parts) != text:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use forms like 48h, 90m, 1h30m, 10s)")
-    seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
-    if not math.isfinite(seconds):
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: it is too long to represent")
-    return seconds
+    try:
+        return parse_go_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -69,6 +69,21 @@ def build_parser() -> FlagParser:
         type=non_negative,
         default=MAX_STARTING,
     )
+    parser.add_flag(
+        "public-url",
+        help="how the control plane and SDKs reach this node's proxy port, for template file uploads "
+        "(default http://<listen address or host name>:<proxy port>)",
+        metavar="<url>",
+        default="",
+    )
+    parser.add_flag(
+        "cache-disk-usage-target-percent",
+        help="with gs:// or s3:// storage: evict the coldest builds from the chunk cache "
+        "(SNAPSHOT_CACHE_DIR) while its file system is fuller than this (default 90)",
+        metavar="<pct>",
+        type=float,
+        default=90.0,
+    )
     parser.add_bool("v", help="verbose: debug logging")
     return parser
 
@@ -77,6 +92,10 @@ def run(options: argparse.Namespace) -> int:
     configure_logging(logging.DEBUG if options.v else logging.INFO)
     if options.max_sandboxes < 1 or options.max_starting < 1:
         raise UsageError("-max-sandboxes and -max-starting must be at least 1")
+    if not 0 < options.cache_disk_usage_target_percent <= 100:
+        raise UsageError("-cache-disk-usage-target-percent must be above 0 and at most 100")
+    if options.public_url and not options.public_url.startswith(("http://", "https://")):
+        raise UsageError(f"-public-url {options.public_url!r} must be an http:// or https:// URL")
     config = DaemonConfig(
         storage=options.storage,
         listen=options.listen,
@@ -90,6 +109,8 @@ def run(options: argparse.Namespace) -> int:
         node_id=options.node_id,
         max_sandboxes=options.max_sandboxes,
         max_starting=options.max_starting,
+        public_url=options.public_url,
+        cache_disk_target_percent=options.cache_disk_usage_target_percent,
     )
     daemon = Daemon(config)
     daemon.start()

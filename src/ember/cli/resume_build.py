@@ -14,17 +14,19 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import TextIO
 
 from ember.build import BuildFile
 from ember.cli.flags import FlagParser, build_id, non_negative
 from ember.cli.progress import EventPrinter, stop_on_signals
 from ember.cli.render import DEFAULT_STORAGE
+from ember.envd.records import ProcessResult
 from ember.environment import Environment
 from ember.errors import BuildError, UsageError
 from ember.header import check_can_derive
 from ember.memory import merge_runs
-from ember.sandbox import BuildInfo, Node, ResumeOptions, Sandbox, save_prefetch
+from ember.sandbox import BuildInfo, Node, ResumeOptions, Sandbox, SandboxState, save_prefetch
 from ember.storage import MEMFILE, ROOTFS, ChunkCache
 
 SUMMARY = "resume a sandbox from a build: interactive, benchmark, run a command, or pause into a new build"
@@ -32,6 +34,7 @@ SUMMARY = "resume a sandbox from a build: interactive, benchmark, run a command,
 COMMAND_TIMEOUT_S = 600.0
 OPTIMIZE_RUNS = 2
 OPTIMIZE_SETTLE_S = 1.0
+HEALTH_POLL_S = 0.5
 
 
 def build_parser() -> FlagParser:
@@ -150,11 +153,14 @@ def run(options: argparse.Namespace) -> int:
         node.workers.wait_ready()
         if options.iterations:
             return _benchmark(node, build, options)
+        reported: set[uuid.UUID] = set()
         try:
-            return _run_sandbox(node, build, options, mode, wait_signal, new_build)
+            return _run_sandbox(node, build, options, mode, wait_signal, new_build, reported)
         except BaseException:
             if mode is not None:
-                node.release_claim(new_build)
+                # A build this command did not report (SIGTERM came as the pause returned) goes
+                # too, complete or not: the command is about to say it failed.
+                node.release_claim(new_build, keep_complete=new_build in reported)
             raise
 
 
@@ -165,6 +171,7 @@ def _run_sandbox(
     mode: str | None,
     wait_signal: signal.Signals | None,
     new_build: uuid.UUID,
+    reported: set[uuid.UUID],
 ) -> int:
     resume = ResumeOptions(build.build_id, prefetch=not options.no_prefetch)
     started = time.monotonic()
@@ -179,7 +186,8 @@ def _run_sandbox(
                 f"envd /init {report.init_s * 1000:.1f}ms"
             )
             if isinstance(node.storage, ChunkCache):
-                print(f"   storage chunks fetched: {node.storage.stats().chunks_fetched}")
+                # The sandbox process reads the guest's memory and disk, so it counts the chunks.
+                print(f"   storage chunks fetched: {sandbox.usage().chunks_fetched}")
         if options.cmd:
             code = _run_command(sandbox, options.cmd, resumed_s)
             sandbox.check()
@@ -196,6 +204,7 @@ def _run_sandbox(
         elif mode == "signal_pause" and wait_signal is not None:
             _wait_for_signal(sandbox, wait_signal)
         result = sandbox.pause(new_build, claimed=True)
+        reported.add(result.build_id)  # before the lines: a build is never removed once announced
         print("✅ Snapshot uploaded successfully")
         print(f"✅ Build finished: {result.build_id} (paused in {result.duration_s * 1000:.0f}ms)")
     if options.optimize:
@@ -223,8 +232,11 @@ def _print_build(node: Node, build: BuildInfo) -> None:
 
 def _run_command(sandbox: Sandbox, cmd: str, resumed_s: float) -> int:
     started = time.monotonic()
-    result = sandbox.envd.run(
-        cmd, on_stdout=_relay(sys.stdout), on_stderr=_relay(sys.stderr), timeout_s=COMMAND_TIMEOUT_S
+    result = _while_healthy(
+        sandbox,
+        lambda: sandbox.envd.run(
+            cmd, on_stdout=_relay(sys.stdout), on_stderr=_relay(sys.stderr), timeout_s=COMMAND_TIMEOUT_S
+        ),
     )
     command_s = time.monotonic() - started
     print(
@@ -232,6 +244,31 @@ def _run_command(sandbox: Sandbox, cmd: str, resumed_s: float) -> int:
         f"Total: {(resumed_s + command_s) * 1000:.1f}ms, exit code {result.exit_code}"
     )
     return result.exit_code
+
+
+def _while_healthy(sandbox: Sandbox, work: Callable[[], ProcessResult]) -> ProcessResult:
+    """``work``'s result; the sandbox's failure instead, as soon as ``check`` sees one.
+
+    A guest whose disk or memory writes fail (the host's disk is full) may never finish its
+    command: its writes are retried or block. So the command runs in a thread while this
+    one checks the sandbox every ``HEALTH_POLL_S``, and a failure ends the wait with its reason.
+    """
+    outcome: Future[ProcessResult] = Future()
+
+    def run() -> None:
+        try:
+            outcome.set_result(work())
+        except BaseException as exc:  # handed to the waiting thread, or dropped once it gave up
+            outcome.set_exception(exc)
+
+    threading.Thread(target=run, name="command", daemon=True).start()
+    while True:
+        try:
+            return outcome.result(timeout=HEALTH_POLL_S)
+        except TimeoutError:
+            if sandbox.state is not SandboxState.RUNNING:  # its process exited: say why
+                raise BuildError(f"the sandbox ended: {sandbox.failure or 'it stopped'}") from None
+            sandbox.check()
 
 
 def _relay(stream: TextIO) -> Callable[[bytes], None]:
@@ -289,6 +326,7 @@ def _optimize(node: Node, build_id: uuid.UUID) -> None:
         print(f"   prefetch run {run + 1}/{OPTIMIZE_RUNS}: {len(recorded[-1])} pages read", flush=True)
     mapping = merge_runs(recorded)
     save_prefetch(node.storage, build_id, mapping)
+    node.forget_build(build_id)  # its metadata.json now names the prefetch mapping
     print(f"✅ Prefetch mapping saved: {len(mapping.indices)} blocks")
 
 

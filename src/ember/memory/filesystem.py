@@ -210,7 +210,8 @@ class MemoryFileSystem:
             filled = self._overlay.readinto(buffer[:length], offset)
         except EmberError as exc:
             if self._counters.fail(f"reading {length} bytes at offset {offset} failed: {exc}"):
-                _log.error("memory file read of %d bytes at %d failed: %s", length, offset, exc)
+                # INFO: the sandbox's owner reports this first failure as the sandbox's error.
+                _log.info("memory file read of %d bytes at %d failed: %s", length, offset, exc)
             raise OSError(errno.EIO, str(exc)) from exc
         with self._counters.lock:
             self._counters.reads += 1
@@ -226,7 +227,7 @@ class MemoryFileSystem:
             self._overlay.write_at(data, offset)
         except EmberError as exc:
             if self._counters.fail(f"writing {len(data)} bytes at offset {offset} failed: {exc}"):
-                _log.error("memory file write of %d bytes at %d failed: %s", len(data), offset, exc)
+                _log.info("memory file write of %d bytes at %d failed: %s", len(data), offset, exc)
             raise OSError(_errno_of(exc), str(exc)) from exc
         with self._counters.lock:
             self._counters.writes += 1

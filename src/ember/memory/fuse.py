@@ -40,8 +40,10 @@ Mount choices (libfuse 3.14, kernel 6.x):
   of dirty pages also arrives in runs of up to 1 MiB);
 * one loop thread (``-s``): every callback needs the GIL anyway, and a single thread
   served 4 KiB faults about twice as fast as libfuse's thread pool here;
-* ``auto_unmount``: a ``fusermount3`` helper unmounts if this process dies without
-  ``close``, so a crash never leaves a dead mount behind;
+* ``auto_unmount`` (by default): a ``fusermount3`` helper unmounts if this process dies
+  without ``close``, so a crash never leaves a dead mount behind. A sandbox process turns it
+  off: its owner unmounts what a dead sandbox process left, and the helper would be one
+  more process per sandbox;
 * libfuse's SIGHUP/SIGTERM handlers are removed again at INIT: a library must not turn
   the host process's SIGTERM into "unmount and carry on".
 
@@ -213,6 +215,7 @@ class LazyMemory:
         *,
         file_name: str = MEMORY_FILE_NAME,
         read_retry_delays_s: tuple[float, ...] = READ_RETRY_DELAYS_S,
+        auto_unmount: bool = True,
     ) -> None:
         if page_size not in (PAGE_SIZE, HUGEPAGE_SIZE):
             raise UsageError(f"page size {page_size} is neither {PAGE_SIZE} nor {HUGEPAGE_SIZE}: pick one")
@@ -225,6 +228,7 @@ class LazyMemory:
         self.overlay = Overlay(CountingDevice(base, self._counters, read_retry_delays_s), cache)
         self.mount_dir = Path(tempfile.mkdtemp(prefix="memory-", suffix=".mnt", dir=work_dir))
         self.path = self.mount_dir / file_name
+        self._auto_unmount = auto_unmount
         self._closed = False
         self._released = False
         self._release_lock = threading.Lock()
@@ -260,7 +264,7 @@ class LazyMemory:
                 foreground=True,
                 nothreads=True,
                 kernel_cache=True,
-                auto_unmount=True,
+                auto_unmount=self._auto_unmount,
                 fsname="ember-memory",
                 subtype="ember",
             )

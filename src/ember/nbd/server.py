@@ -126,7 +126,11 @@ class NbdServer:
         self._disk = disk
         self._read_only = read_only
         self._export = Export(export_name, description, disk.size, transmission_flags(read_only))
-        self._executor = ThreadPoolExecutor(max(1, disk_threads), thread_name_prefix="nbd-disk")
+        # 0: the event loop's own thread does the disk work (one thread less, requests one at a
+        # time), for a disk whose reads are local and short.
+        self._executor = (
+            ThreadPoolExecutor(disk_threads, thread_name_prefix="nbd-disk") if disk_threads > 0 else None
+        )
         self._listeners: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -171,7 +175,8 @@ class NbdServer:
         for listener in self._listeners:
             await listener.wait_closed()
         self._listeners.clear()
-        self._executor.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -179,6 +184,10 @@ class NbdServer:
         self._connections.add(task)
         try:
             await self._serve(reader, writer, handshake=True)
+        except asyncio.CancelledError:
+            # ``close`` cancels every connection: that is how a connection ends, not an error (left
+            # raised, asyncio's stream callback would log the cancelled task as one).
+            pass
         finally:
             self._connections.discard(task)
 
@@ -217,7 +226,7 @@ class _Connection:
         disk: Disk,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        executor: ThreadPoolExecutor,
+        executor: ThreadPoolExecutor | None,
         structured: bool,
         read_only: bool,
     ) -> None:
@@ -300,7 +309,10 @@ class _Connection:
         try:
             work = self._work(request, payload)
             try:
-                data = await asyncio.get_running_loop().run_in_executor(self._executor, work)
+                if self._executor is None:
+                    data = work()
+                else:
+                    data = await asyncio.get_running_loop().run_in_executor(self._executor, work)
             except Exception as exc:  # the disk may raise anything; the client gets an error, we go on
                 error = _errno_of(exc)
                 if not isinstance(exc, (EmberError, OSError)):

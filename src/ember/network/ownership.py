@@ -6,7 +6,7 @@ make a narrower reclaim possible: each acquired slot gets ``/run/ember/slots/<id
 the owning process (pid and start time, so a reused pid is not mistaken for the owner);
 a slot whose owner is gone is an orphan and is removed, whatever else is running.
 
-An owner file is written to a temporary sibling (``.<idx>.<pid>.tmp``) and renamed into
+An owner file is an ``ember.owner`` record, written to a temporary sibling and renamed into
 place, so a reclaim never reads half of one. A file it cannot read or parse anyway (written
 by an older ember in place, a full disk) names no owner: the slot is kept while the file is
 younger than ``UNREADABLE_GRACE_S`` (its writer may be finishing it) and treated as
@@ -15,15 +15,14 @@ orphaned after that, since nothing will ever complete it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import time
 from pathlib import Path
 
 from ember.network.addressing import SlotConfig
 from ember.network.errors import NetworkError
 from ember.network.slot import remove_slot
+from ember.owner import ProcessOwner, write_owner
 
 _log = logging.getLogger(__name__)
 
@@ -31,27 +30,9 @@ OWNERS_DIR = Path("/run/ember/slots")
 UNREADABLE_GRACE_S = 10.0
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
 def claim(idx: int, owners_dir: Path = OWNERS_DIR) -> None:
     """Record this process as the owner of slot ``idx``, atomically (see the module docstring)."""
-    owners_dir.mkdir(parents=True, exist_ok=True)
-    pid = os.getpid()
-    temporary = owners_dir / f".{idx}.{pid}.tmp"
-    try:
-        temporary.write_text(f"{pid} {_start_time(pid)}\n")
-        os.replace(temporary, owners_dir / str(idx))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise
+    write_owner(owners_dir / str(idx))
 
 
 def disclaim(idx: int, owners_dir: Path = OWNERS_DIR) -> None:
@@ -61,16 +42,18 @@ def disclaim(idx: int, owners_dir: Path = OWNERS_DIR) -> None:
 def _owner_alive(entry: Path) -> bool:
     """Whether the owner file names a live process; an unreadable one counts as alive while young."""
     try:
-        pid_text, started = entry.read_text().split()
-        return _start_time(int(pid_text)) == started
+        owner = ProcessOwner.parse(entry.read_text())
     except FileNotFoundError:
         return True  # released meanwhile: nothing to reclaim
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError):
+        owner = None
+    if owner is None:
         try:
             age_s = time.time() - entry.stat().st_mtime
         except OSError:
             return True
         return age_s < UNREADABLE_GRACE_S
+    return owner.alive()
 
 
 def reclaim_orphans(config: SlotConfig | None = None, owners_dir: Path = OWNERS_DIR) -> list[int]:

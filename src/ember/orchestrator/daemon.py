@@ -11,6 +11,11 @@
                        that name no sandbox
     Node               storage, slots, sandbox processes (one per sandbox), build cache, monitor
 
+With remote storage (gs://, s3://) reads go through the node's chunk cache
+(SNAPSHOT_CACHE_DIR); every ``CACHE_CHECK_S`` the coldest builds' chunks are evicted while the
+cache's file system is fuller than ``cache_disk_target_percent`` (``clean-nfs-cache``'s rule,
+with a short grace: a chunk a sandbox has open or mapped stays readable after its unlink).
+
 Start: the node reclaims what a killed predecessor left (its QEMUs, slots, FUSE mounts,
 workspaces, sockets) and logs it, then the ports open. Stop (SIGTERM): the health service
 turns NOT_SERVING and the servers stop taking requests (calls in flight get ``STOP_GRACE_S``),
@@ -27,13 +32,14 @@ import threading
 import uuid
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ember.errors import UsageError
+from ember.errors import EmberError, UsageError
 from ember.orchestrator.manager import MAX_SANDBOXES, MAX_STARTING, SandboxManager
 from ember.orchestrator.proxy import DEFAULT_PORT as DEFAULT_PROXY_PORT
 from ember.orchestrator.proxy import NodeProxy, ProxyTarget
@@ -42,12 +48,16 @@ from ember.orchestrator.telemetry import Metrics, log_event
 from ember.orchestrator.templates import TemplateService
 from ember.rpc import info_pb2_grpc, orchestrator_pb2_grpc, template_manager_pb2_grpc
 from ember.sandbox import Node, SandboxEvent, SandboxStateError, UsageReport
+from ember.storage import ChunkCache
+from ember.storage.cleaner import CleanOptions, clean_cache
 
 _log = logging.getLogger(__name__)
 
 DEFAULT_GRPC_PORT = 5008
 STOP_GRACE_S = 10.0
 GRPC_WORKERS = 32
+CACHE_CHECK_S = 300.0
+CACHE_GRACE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,8 @@ class DaemonConfig:
     warm_slots: int = 2
     public_url: str = ""
     """How clients reach this node's proxy port (template file uploads); default from ``listen``."""
+    cache_disk_target_percent: float = CleanOptions.disk_usage_target_percent
+    """With remote storage: the chunk cache's file system is kept below this much use."""
 
 
 class _Directory:
@@ -134,6 +146,10 @@ class Daemon:
         except BaseException:
             self.stop()
             raise
+        if isinstance(node.storage, ChunkCache):
+            threading.Thread(
+                target=self._bound_cache, args=(node.storage.root,), name="cache-bound", daemon=True
+            ).start()
         self.metrics.watch(
             running=lambda: len(manager.running()),
             usages=self._usages,
@@ -146,6 +162,26 @@ class Daemon:
             *(self.proxy_address or ("", 0)),
             node.storage.url,
         )
+
+    def _bound_cache(self, root: Path) -> None:
+        options = CleanOptions(
+            disk_usage_target_percent=self.config.cache_disk_target_percent,
+            dry_run=False,
+            grace_s=CACHE_GRACE_S,
+        )
+        while not self._stopping.wait(CACHE_CHECK_S):
+            try:
+                report = clean_cache(root, options)
+            except EmberError as exc:
+                _log.warning("keeping the chunk cache %s bounded failed: %s", root, exc)
+                continue
+            if report.deleted:
+                _log.info(
+                    "chunk cache %s: evicted %d cold builds (~%d MiB)",
+                    root,
+                    report.deleted,
+                    report.bytes_freed_estimate >> 20,
+                )
 
     def _on_event(self, event: SandboxEvent) -> None:
         log_event(event)

@@ -73,8 +73,13 @@ _log = logging.getLogger(__name__)
 
 TOKEN_FW_CFG = "opt/e2b/envd-token-hash"
 """The fw_cfg file envd reads its token hash from (``ember.envd.agent.state``)."""
-NBD_DISK_THREADS = 1
-"""One disk thread per sandbox: reads of a local overlay are short, and threads cost memory."""
+
+
+def nbd_disk_threads(storage: Storage) -> int:
+    """Disk threads of a sandbox's NBD server: none over local storage, whose reads are short
+    (the event loop's thread does them, one thread less per sandbox); one over remote storage,
+    so that a chunk fetch does not hold up reads the chunk cache already has."""
+    return 0 if isinstance(storage, LocalStorage) else 1
 
 
 def token_hash(access_token: str | None) -> str:
@@ -184,7 +189,9 @@ class QemuGuest:
             rootfs = BuildFile.open(storage, build.build_id, ROOTFS)
             guest.memfile_parent, guest.rootfs_parent = memfile.header, rootfs.header
             guest.memory_bytes = memfile.size
-            guest.lazy = guest._stack.enter_context(LazyMemory(memfile, guest.work_dir, memfile.block_size))
+            guest.lazy = guest._stack.enter_context(
+                LazyMemory(memfile, guest.work_dir, memfile.block_size, auto_unmount=False)
+            )
             plan = build.metadata.prefetch
             if spec.prefetch and plan is not None and plan.indices:
                 guest.prefetcher = guest._stack.enter_context(
@@ -201,7 +208,7 @@ class QemuGuest:
                     "rootfs",
                     rootfs.block_size,
                     socket_dir=spec.workspace.socket_dir,
-                    disk_threads=NBD_DISK_THREADS,
+                    disk_threads=nbd_disk_threads(storage),
                 )
             )
             kernel = kernel_for(env, build.metadata.template.kernel_version)
@@ -253,7 +260,7 @@ class QemuGuest:
                     "rootfs",
                     base.block_size,
                     socket_dir=spec.workspace.socket_dir,
-                    disk_threads=NBD_DISK_THREADS,
+                    disk_threads=nbd_disk_threads(storage),
                 )
             )
             memory_dir = guest.work_dir
@@ -397,7 +404,7 @@ class FirecrackerGuest:
                     "rootfs",
                     rootfs.block_size,
                     socket_dir=spec.workspace.socket_dir,
-                    disk_threads=NBD_DISK_THREADS,
+                    disk_threads=nbd_disk_threads(storage),
                 )
             )
             device = guest.rootfs.attach(guest.work_dir)

@@ -27,6 +27,8 @@ import shutil
 import subprocess
 import threading
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -74,7 +76,7 @@ class Node:
         env: Environment | None = None,
         events: EventSink = discard_events,
         idle_workers: int = 1,
-        warm_slots: int = 0,
+        warm_slots: int = 1,
         slot_config: SlotConfig | None = None,
         owners_dir: Path = OWNERS_DIR,
         worker_log_level: int = logging.WARNING,
@@ -96,6 +98,7 @@ class Node:
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._monitor = threading.Thread(target=self._watch, name="sandbox-monitor", daemon=True)
         self._monitor.start()
+        self._reaper = ThreadPoolExecutor(1, thread_name_prefix="sandbox-reaper")
 
     # -- builds ------------------------------------------------------------------------------
 
@@ -114,6 +117,11 @@ class Node:
                 with self._builds_lock:
                     self._builds[build_id] = known
             return known
+
+    def forget_build(self, build_id: uuid.UUID) -> None:
+        """Drop the cached ``BuildInfo`` of a build whose metadata.json was rewritten (prefetch data)."""
+        with self._builds_lock:
+            self._builds.pop(build_id, None)
 
     def claim(self, build_id: uuid.UUID, writer: str) -> uuid.UUID:
         """Make this node the only writer of ``build_id`` (``claim_build``); the id, for ``Sandbox.pause``."""
@@ -153,6 +161,10 @@ class Node:
         self.slots.update_egress(slot, egress)
 
     # -- sandboxes ---------------------------------------------------------------------------
+
+    def defer(self, work: Callable[[], None]) -> None:
+        """Run ``work`` (a sandbox letting go of what it held) on the node's reaper thread."""
+        self._reaper.submit(_logged, work)
 
     def take_worker(self) -> WorkerClient:
         return self.workers.take()
@@ -222,6 +234,7 @@ class Node:
                 sandbox.kill()
             except Exception as exc:
                 _log.warning("killing sandbox %s at shutdown failed: %s", sandbox.id, exc)
+        self._reaper.shutdown(wait=True)  # before the keeper goes: releases return slots to it
         self._closed.set()
         self._wake()
         self.workers.close()
@@ -237,3 +250,10 @@ class Node:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _logged(work: Callable[[], None]) -> None:
+    try:
+        work()
+    except Exception:  # a release that fails is logged; the node's next start reclaims the rest
+        _log.exception("releasing a sandbox's resources failed")

@@ -98,7 +98,8 @@ class ResumeOptions:
     env_vars: Mapping[str, str] = field(default_factory=dict)
     prefetch: bool = True
     wait_for_envd: bool = True
-    envd_timeout_s: float = 10.0
+    envd_timeout_s: float | None = None
+    """None: the node's ``ENVD_TIMEOUT`` (10 s unless set)."""
     egress: EgressPolicy = DEFAULT_EGRESS
 
 
@@ -165,6 +166,7 @@ class Sandbox:
         self._worker: WorkerClient | None = None
         self._slot: Slot | None = None
         self._workspace: Workspace | None = None
+        self._released = False
         self.failure: str | None = None
         self.started: StartReport | None = None
         self.started_at = time.time()
@@ -194,7 +196,7 @@ class Sandbox:
                 identity,
                 prefetch=options.prefetch,
                 wait_for_envd=options.wait_for_envd,
-                envd_timeout_s=options.envd_timeout_s,
+                envd_timeout_s=options.envd_timeout_s or node.env.envd_timeout_s,
             ),
             options.egress,
         )
@@ -289,9 +291,10 @@ class Sandbox:
         self.node.emit(SandboxEvent(self.id, name, message, fields))
 
     def wait(self, timeout_s: float | None = None) -> SandboxState:
-        """Block until the sandbox is PAUSED, STOPPED or FAILED (or ``timeout_s`` passed); its state."""
+        """Block until the sandbox is PAUSED, STOPPED or FAILED and has released everything it held
+        (or ``timeout_s`` passed); its state."""
         with self._changed:
-            self._changed.wait_for(lambda: self._state in FINAL_STATES, timeout_s)
+            self._changed.wait_for(lambda: self._state in FINAL_STATES and self._released, timeout_s)
             return self._state
 
     def update_egress(self, egress: EgressPolicy) -> None:
@@ -363,11 +366,15 @@ class Sandbox:
                     "pause", PauseSpec(to_build, metadata or self._child_metadata), on_event=self.node.emit
                 )
             except BaseException as exc:
-                self._fail(exc)
-                self.node.release_claim(to_build)
+                self._fail(exc)  # the sandbox process is gone: nothing writes the target any more
+                # Interrupted (SIGTERM, Ctrl+C) just after the sandbox process stored the build,
+                # the pause is still reported as failed: so the build goes too.
+                self.node.release_claim(to_build, keep_complete=False)
                 raise
-            self._release()
+            # The build is complete: answer now, and let go of the process, slot and workspace
+            # behind the caller's back (``wait`` waits for it; so does ``Node.close``).
             self._set(SandboxState.PAUSED)
+            self.node.defer(self._release)
         self._emit(
             "pause-finished",
             f"paused into {to_build} ({report.duration_s * 1000:.0f} ms)",
@@ -473,6 +480,9 @@ class Sandbox:
             for problem in found.problems:
                 self.node.emit(SandboxEvent(self.id, "cleanup-problem", problem))
         self.node.unregister(self)
+        with self._changed:
+            self._released = True
+            self._changed.notify_all()
 
     def describe(self) -> str:
         return f"sandbox {self.id} ({self._state.value}, build {self.build_id})"

@@ -4,12 +4,14 @@ Why not in the owner's process: creating a slot forks (pyroute2 runs each reques
 namespace in a forked helper, which then runs Python), and forking a process that runs other
 threads (gRPC's, the proxy's, the monitor) copies locks those threads may hold; the child can
 hang on one forever. The keeper is forked from the fork server (``worker.fork_context``), which
-runs no threads of its own, so its helpers fork from a clean process.
+runs no threads of its own, and the keeper runs none either: it serves one request at a time
+and makes its ``warm`` slots ahead while no request waits, so every helper forks from a
+process with a single thread. A slot takes 30-70 ms to make or remove, so a burst of starts
+queues for little longer than that each, and the warm slots absorb the first of them.
 
 The keeper owns the ``SlotPool`` (its owner records name the keeper, which dies with the
-node, so a killed node's slots are reclaimed by the next one), keeps ``warm`` slots made
-ahead, and serves requests from several threads at once: each request carries an id, and
-answers come back in whatever order they finish.
+node, so a killed node's slots are reclaimed by the next one). Requests carry an id, and the
+owner's reader thread hands each answer to the call that waits for it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -31,12 +34,13 @@ from ember.sandbox.worker import become_child_of_node, fork_context, rebuild_err
 
 _log = logging.getLogger(__name__)
 
-KEEPER_THREADS = 4
 START_TIMEOUT_S = 60.0
+WARM_RETRY_S = 5.0
+"""After a warm slot could not be made, how long the keeper waits before trying again."""
 
 
 class _Keeper:
-    """Inside the keeper process: the pool, the warm slots, the request threads."""
+    """Inside the keeper process: the pool, the warm slots, one request at a time."""
 
     def __init__(self, conn: Connection, config: SlotConfig | None, owners_dir: Path, warm: int) -> None:
         self.conn = conn
@@ -44,32 +48,31 @@ class _Keeper:
         self.reclaimed = self.pool.reclaimed
         self.warm = warm
         self.ready: list[Slot] = []
-        self.ready_lock = threading.Condition()
-        self.send_lock = threading.Lock()
-        self.closed = False
+        self._warm_again_at = 0.0
 
-    def fill(self) -> None:
+    def serve(self) -> None:
+        """Answer requests until ``close``; between them, top up the warm slots."""
         while True:
-            with self.ready_lock:
-                self.ready_lock.wait_for(lambda: self.closed or len(self.ready) < self.warm)
-                if self.closed:
-                    return
-            try:
-                slot = self.pool.acquire()
-            except EmberError as exc:  # warming is an optimization: a start then makes its own slot
-                _log.warning("cannot create a network slot ahead of time: %s", exc)
-                with self.ready_lock:
-                    self.ready_lock.wait(5.0)
+            wants_warm = len(self.ready) < self.warm
+            if wants_warm and not self.conn.poll(max(0.0, self._warm_again_at - time.monotonic())):
+                self._make_warm_slot()
                 continue
-            with self.ready_lock:
-                self.ready.append(slot)
+            request_id, method, args = self.conn.recv()
+            if method == "close":
+                return
+            self.conn.send((request_id, *self._answer(method, args)))
+
+    def _make_warm_slot(self) -> None:
+        try:
+            self.ready.append(self.pool.acquire())
+        except EmberError as exc:  # warming is an optimization: a start then makes its own slot
+            _log.warning("cannot create a network slot ahead of time: %s", exc)
+            self._warm_again_at = time.monotonic() + WARM_RETRY_S
 
     def acquire(self, egress: EgressPolicy) -> Slot:
-        with self.ready_lock:
-            slot = self.ready.pop(0) if self.ready else None
-            self.ready_lock.notify_all()
-        if slot is None:
+        if not self.ready:
             return self.pool.acquire(egress=egress)
+        slot = self.ready.pop(0)
         if egress != DEFAULT_EGRESS:
             try:
                 update_egress(slot, egress)
@@ -78,7 +81,7 @@ class _Keeper:
                 raise
         return slot
 
-    def handle(self, request_id: int, method: str, args: tuple[Any, ...]) -> None:
+    def _answer(self, method: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
         handlers: dict[str, Callable[..., Any]] = {
             "acquire": self.acquire,
             "release": self.pool.release,
@@ -86,25 +89,20 @@ class _Keeper:
             "retry_failed_releases": self.pool.retry_failed_releases,
         }
         try:
-            answer: tuple[Any, ...] = ("ok", handlers[method](*args))
+            return ("ok", handlers[method](*args))
         except EmberError as exc:
-            answer = ("error", type(exc).__module__, type(exc).__qualname__, str(exc))
+            return ("error", type(exc).__module__, type(exc).__qualname__, str(exc))
         except Exception as exc:  # a bug: the owner gets one line, the traceback goes to the log
             _log.exception("slot keeper failed in %s", method)
-            answer = (
+            return (
                 "error",
                 SandboxError.__module__,
                 SandboxError.__qualname__,
                 f"{type(exc).__name__}: {exc}",
             )
-        with self.send_lock:
-            self.conn.send((request_id, *answer))
 
     def close(self) -> None:
-        with self.ready_lock:
-            self.closed = True
-            ready, self.ready = self.ready, []
-            self.ready_lock.notify_all()
+        ready, self.ready = self.ready, []
         for slot in ready:
             self.pool.release(slot)
         self.pool.close()
@@ -116,13 +114,7 @@ def _keep(conn: Connection, config: SlotConfig | None, owners_dir: Path, warm: i
     try:
         keeper = _Keeper(conn, config, owners_dir, warm)
         conn.send((0, "ok", keeper.reclaimed))
-        threading.Thread(target=keeper.fill, name="slot-warmer", daemon=True).start()
-        with ThreadPoolExecutor(KEEPER_THREADS, thread_name_prefix="slot") as requests:
-            while True:
-                request_id, method, args = conn.recv()
-                if method == "close":
-                    break
-                requests.submit(keeper.handle, request_id, method, args)
+        keeper.serve()
     except EmberError as exc:
         conn.send((0, "error", type(exc).__module__, type(exc).__qualname__, str(exc)))
     except (EOFError, OSError):
@@ -192,6 +184,12 @@ class SlotKeeper:
                 self._pending.pop(request_id, None)
             raise SandboxGone(f"the network slot keeper is gone ({exc})") from exc
         return future.result()
+
+    @property
+    def pid(self) -> int:
+        """The keeper process (its owner records name it)."""
+        pid: int = self._process.pid  # set: the process was started in __init__
+        return pid
 
     def acquire(self, egress: EgressPolicy = DEFAULT_EGRESS) -> Slot:
         slot: Slot = self._call("acquire", egress)

@@ -48,9 +48,12 @@ def disk() -> MemoryDisk:
     return disk
 
 
-@pytest.fixture
-def server(disk: MemoryDisk, socket_dir: Path) -> Iterator[NbdServerThread]:
-    with NbdServerThread(disk, socket_dir / "s.sock", ("127.0.0.1", 0)) as running:
+@pytest.fixture(params=[8, 0], ids=["disk-threads", "disk-work-on-the-loop"])
+def server(disk: MemoryDisk, socket_dir: Path, request: pytest.FixtureRequest) -> Iterator[NbdServerThread]:
+    """Every behaviour holds with a pool of disk threads and with none (a sandbox's local rootfs)."""
+    with NbdServerThread(
+        disk, socket_dir / "s.sock", ("127.0.0.1", 0), disk_threads=request.param
+    ) as running:
         yield running
         assert running.unhandled_errors == ()
 
