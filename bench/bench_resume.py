@@ -74,8 +74,7 @@ from ember.sandbox import (
     new_access_token,
     save_prefetch,
 )
-from ember.sandbox.guest import TOKEN_FW_CFG, kernel_for, nbd_disk_threads, token_hash
-from ember.sandbox.rootfs import ServedRootfs
+from ember.sandbox.guest import TOKEN_FW_CFG, kernel_for, serve_rootfs, token_hash
 from ember.storage import MEMFILE, ROOTFS, open_storage
 from ember.vmm.base import VmSnapshot
 from ember.vmm.qemu import MemoryFileConfig, QemuVm, machine_for_restore
@@ -200,16 +199,7 @@ def flat(node: Node, build: BuildInfo, ram: Path, root: Path) -> Resumed:
         sockets = Path(tempfile.mkdtemp(prefix="ember-bench-"))
         stack.callback(shutil.rmtree, sockets, True)
         rootfs_file = BuildFile.open(node.storage, build.build_id, ROOTFS)
-        rootfs = stack.enter_context(
-            ServedRootfs(
-                rootfs_file,
-                work,
-                "rootfs",
-                rootfs_file.block_size,
-                socket_dir=sockets,
-                disk_threads=nbd_disk_threads(node.storage),
-            )
-        )
+        rootfs = stack.enter_context(serve_rootfs(node.storage, rootfs_file, work, sockets))
         kernel = kernel_for(node.env, build.metadata.template.kernel_version)
         config = machine_for_restore(
             build.machine,

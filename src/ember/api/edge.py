@@ -39,11 +39,11 @@ from ember.api.plane import ControlPlane
 from ember.api.resume import ResumeRefused, resume_for_traffic
 from ember.traffic.relay import (
     MAX_HEADER_BYTES,
-    NO_AUTO_HEADERS,
     PortNotOpen,
     end_to_end,
     is_websocket_upgrade,
     relay_http,
+    relay_session,
     relay_websocket,
 )
 from ember.traffic.routing import (
@@ -176,14 +176,6 @@ def _header_routed(request: web.Request, domain: str) -> bool:
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
     """The edge's client to the nodes: pooled keep-alive connections, no jar, no stream timeout."""
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60.0)
-    async with aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=DIAL_TIMEOUT_S),
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=NO_AUTO_HEADERS,
-        max_line_size=MAX_HEADER_BYTES,
-        max_field_size=MAX_HEADER_BYTES,
-    ) as session:
+    async with relay_session(connector) as session:
         app[_SESSION] = session
         yield

@@ -53,9 +53,7 @@ from yarl import URL
 
 from ember.errors import EmberError
 from ember.traffic.relay import (
-    DIAL_TIMEOUT_S,
     MAX_HEADER_BYTES,
-    NO_AUTO_HEADERS,
     PortNotOpen,
     ProxyOutcome,
     abort,
@@ -64,6 +62,7 @@ from ember.traffic.relay import (
     json_error,
     plain_error,
     relay_http,
+    relay_session,
     relay_websocket,
 )
 from ember.traffic.routing import (
@@ -327,15 +326,7 @@ def _addresses_the_node(request: web.Request) -> bool:
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
     """The application's client to the VMs: no keep-alive, no cookie jar, no timeout on streams."""
     connector = aiohttp.TCPConnector(force_close=True, limit=0)
-    async with aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=DIAL_TIMEOUT_S),
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=NO_AUTO_HEADERS,
-        max_line_size=MAX_HEADER_BYTES,
-        max_field_size=MAX_HEADER_BYTES,
-    ) as session:
+    async with relay_session(connector) as session:
         app[_SESSION] = session
         yield
 

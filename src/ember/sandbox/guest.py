@@ -75,11 +75,17 @@ TOKEN_FW_CFG = "opt/e2b/envd-token-hash"
 """The fw_cfg file envd reads its token hash from (``ember.envd.agent.state``)."""
 
 
-def nbd_disk_threads(storage: Storage) -> int:
-    """Disk threads of a sandbox's NBD server: none over local storage, whose reads are short
-    (the event loop's thread does them, one thread less per sandbox); one over remote storage,
-    so that a chunk fetch does not hold up reads the chunk cache already has."""
-    return 0 if isinstance(storage, LocalStorage) else 1
+def serve_rootfs(storage: Storage, rootfs: BuildFile, work_dir: Path, socket_dir: Path) -> ServedRootfs:
+    """The guest's rootfs served over NBD from a copy-on-write overlay of ``rootfs``.
+
+    Its NBD server gets no disk thread over local storage, whose reads are short (the event
+    loop's thread does them: one thread less per sandbox), and one over remote storage, so
+    that a chunk fetch does not hold up the reads the chunk cache already has.
+    """
+    threads = 0 if isinstance(storage, LocalStorage) else 1
+    return ServedRootfs(
+        rootfs, work_dir, "rootfs", rootfs.block_size, socket_dir=socket_dir, disk_threads=threads
+    )
 
 
 def token_hash(access_token: str | None) -> str:
@@ -202,14 +208,7 @@ class QemuGuest:
                     )
                 )
             guest.rootfs = guest._stack.enter_context(
-                ServedRootfs(
-                    rootfs,
-                    guest.work_dir,
-                    "rootfs",
-                    rootfs.block_size,
-                    socket_dir=spec.workspace.socket_dir,
-                    disk_threads=nbd_disk_threads(storage),
-                )
+                serve_rootfs(storage, rootfs, guest.work_dir, spec.workspace.socket_dir)
             )
             kernel = kernel_for(env, build.metadata.template.kernel_version)
             guest.kernel_version = kernel.version
@@ -254,14 +253,7 @@ class QemuGuest:
             block_size = HUGEPAGE_SIZE if spec.hugepages else PAGE_SIZE
             guest.memfile_parent = empty_device_header(NIL_UUID, guest.memory_bytes, block_size)
             guest.rootfs = guest._stack.enter_context(
-                ServedRootfs(
-                    base,
-                    guest.work_dir,
-                    "rootfs",
-                    base.block_size,
-                    socket_dir=spec.workspace.socket_dir,
-                    disk_threads=nbd_disk_threads(storage),
-                )
+                serve_rootfs(storage, base, guest.work_dir, spec.workspace.socket_dir)
             )
             memory_dir = guest.work_dir
             if spec.hugepages:
@@ -398,14 +390,7 @@ class FirecrackerGuest:
             rootfs = BuildFile.open(storage, build.build_id, ROOTFS)
             guest.memfile_parent, guest.rootfs_parent = memfile.header, rootfs.header
             guest.rootfs = guest._stack.enter_context(
-                ServedRootfs(
-                    rootfs,
-                    guest.work_dir,
-                    "rootfs",
-                    rootfs.block_size,
-                    socket_dir=spec.workspace.socket_dir,
-                    disk_threads=nbd_disk_threads(storage),
-                )
+                serve_rootfs(storage, rootfs, guest.work_dir, spec.workspace.socket_dir)
             )
             device = guest.rootfs.attach(guest.work_dir)
             guest.server = guest._stack.enter_context(

@@ -80,6 +80,20 @@ class ProxyOutcome(enum.Enum):
     NODE_PAGE = "node_page"
 
 
+def relay_session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+    """A client for relaying: bodies passed as they are (no decompression), no cookie jar, no
+    automatic headers, a bound on the dial only (streams may last for hours), big headers."""
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=DIAL_TIMEOUT_S),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=NO_AUTO_HEADERS,
+        max_line_size=MAX_HEADER_BYTES,
+        max_field_size=MAX_HEADER_BYTES,
+    )
+
+
 class PortNotOpen(Exception):
     """Every dial attempt failed; the handler answers 502."""
 
