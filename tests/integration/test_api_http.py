@@ -106,6 +106,13 @@ def test_v1_create_defaults_to_15_s_and_secure_false_gives_no_envd_token(http: h
     assert len(secure["envdAccessToken"]) == 64
 
 
+def test_v2_create_without_a_timeout_runs_for_300_s(http: httpx.Client) -> None:
+    created = http.post("/v2/sandboxes", json={"templateID": "base"})
+    assert created.status_code == 201
+    detail = http.get(f"/sandboxes/{created.json()['sandboxID']}").json()
+    assert 295 <= _seconds(detail["endAt"]) - _seconds(detail["startedAt"]) <= 300
+
+
 def _seconds(stamp: str) -> float:
     return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 

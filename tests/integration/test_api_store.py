@@ -11,6 +11,7 @@ import datetime as dt
 import glob
 import os
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import uuid
@@ -299,6 +300,18 @@ def test_a_new_sqlite_file_is_private_to_its_owner(tmp_path: Path) -> None:
 
     _with_store(f"sqlite://{tmp_path / 'sub' / 'api.sqlite3'}", test)
     assert (tmp_path / "sub" / "api.sqlite3").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_sqlite_database_is_in_wal_mode_so_readers_never_wait_for_the_writer(tmp_path: Path) -> None:
+    """WAL: the API's many readers (lists, the edge's lookups) go on while one request writes."""
+    path = tmp_path / "api.sqlite3"
+
+    async def test(store: Store) -> None:
+        await store.token_seed()
+
+    _with_store(f"sqlite://{path}", test)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_unknown_database_urls_are_a_usage_error() -> None:
