@@ -309,9 +309,9 @@ class Sandboxes:
         self.tag = tag
         self.ids: list[str] = []
 
-    def create(self, metadata: dict[str, str] | None = None, **options: Any) -> Any:
+    def create(self, metadata: dict[str, str] | None = None, template: str = "base", **options: Any) -> Any:
         options.setdefault("timeout", SANDBOX_TIMEOUT_S)
-        sandbox = e2b.Sandbox.create("base", metadata={"e2e": self.tag, **(metadata or {})}, **options)
+        sandbox = e2b.Sandbox.create(template, metadata={"e2e": self.tag, **(metadata or {})}, **options)
         self.ids.append(sandbox.sandbox_id)
         return sandbox
 

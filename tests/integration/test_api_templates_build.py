@@ -90,7 +90,8 @@ def test_the_sdk_builds_a_template_with_a_copy_and_streams_its_logs(
     assert [step.type for step in config.steps] == ["COPY", "RUN"]
     assert list(config.steps[1].args) == ["echo hi"]
     assert (config.startCommand, config.readyCommand) == ("sleep infinity", "sleep 1")
-    assert (config.vCpuCount, config.memoryMB, config.teamID) == (2, 1024, team_id)
+    # 1024 MiB asked, but a build from base resumes base's snapshot: it has base's 512 MiB
+    assert (config.vCpuCount, config.memoryMB, config.teamID) == (2, 512, team_id)
     assert create.cacheScope == team_id  # the same scope as the upload: the node finds the files
 
     # the SDK PUT the COPY step's tar to the node's own upload endpoint
@@ -113,7 +114,7 @@ def test_the_sdk_builds_a_template_with_a_copy_and_streams_its_logs(
     assert started.sandbox_id == sandbox.sandbox_id
     assert started.build_id == info.build_id and started.template_id == info.template_id
     assert (started.envd_version, started.kernel_version) == ("0.6.4", "vmlinux-6.1.158")
-    assert (started.vcpu, started.ram_mb, started.total_disk_size_mb) == (2, 1024, 2048)
+    assert (started.vcpu, started.ram_mb, started.total_disk_size_mb) == (2, 512, 2048)
     assert sandbox.get_info().name == "my-tpl"
 
     with _http(api) as http:

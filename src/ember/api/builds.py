@@ -13,7 +13,8 @@ The SDK's ``Template.build(template, "name")`` makes these calls, in this order:
 3. ``POST /v2/templates/{id}/builds/{buildID}`` (``start_build``): waiting -> building (in the
    store first, so a restarted API knows the node), then ``TemplateCreate`` on that node
    (another builder if it cannot take it). ``fromTemplate`` is resolved to that template's
-   ready build. Answers 202 with no body.
+   ready build, whose vCPUs and memory the build takes (it resumes that build's snapshot).
+   Answers 202 with no body.
 4. ``GET /templates/{id}/builds/{buildID}/status`` (``build_status``), every 0.2 s: the
    node's ``TemplateBuildStatus`` from the SDK's log offset. A Completed build is recorded
    ready with the node's metadata (envd, kernel and Firecracker versions, rootfs size) and
@@ -338,6 +339,10 @@ async def start_build(plane: ControlPlane, team: Team, reference: str, build_id:
     template, build = await own_build(plane, team, reference, build_id)
     if build.status is not BuildStatus.WAITING:
         raise ApiError(409, f"Build {build.build_id} was started already: it is {build.status}")
+    resolved: tuple[Template, Build] | None = None
+    if asked.from_template is not None:
+        resolved = await plane.resolve_template(team, asked.from_template)
+        build = await _inherit_machine(plane, build, resolved[1])
     config = tpb.TemplateConfig(
         templateID=template.id,
         buildID=build.build_id,
@@ -351,8 +356,8 @@ async def start_build(plane: ControlPlane, team: Team, reference: str, build_id:
         teamID=team.id,
     )
     from_build: str | None = None
-    if asked.from_template is not None:
-        source, source_build = await plane.resolve_template(team, asked.from_template)
+    if resolved is not None:
+        source, source_build = resolved
         from_build = source_build.build_id
         config.fromTemplate.CopyFrom(
             tpb.FromTemplateConfig(
@@ -402,6 +407,30 @@ async def start_build(plane: ControlPlane, team: Team, reference: str, build_id:
         plane.watch_build(started)
         return
     raise AssertionError("unreachable: the last attempt raises")
+
+
+async def _inherit_machine(plane: ControlPlane, build: Build, source: Build) -> Build:
+    """``build`` (waiting) with the vCPUs and memory of ``source``, the build it starts from.
+
+    A build from a template resumes that template's snapshot: its guest has the source's
+    vCPUs and memory whatever the request asked (a snapshot resumes only on the machine it was
+    taken on), and every sandbox of it is placed with them. Recorded with the request's
+    (2 / 1024 by default), a sandbox of a build from the 512 MiB ``base`` is refused by the node.
+    """
+    if (build.vcpu, build.ram_mb) == (source.vcpu, source.ram_mb):
+        return build
+    _log.info(
+        "build %s: %d vCPU / %d MiB asked, %d / %d MiB taken from its source build %s",
+        build.build_id,
+        build.vcpu,
+        build.ram_mb,
+        source.vcpu,
+        source.ram_mb,
+        source.build_id,
+    )
+    inherited = dataclasses.replace(build, vcpu=source.vcpu, ram_mb=source.ram_mb)
+    await plane.store.update_build(inherited)
+    return inherited
 
 
 # -- status and logs -------------------------------------------------------------------------------
