@@ -99,12 +99,13 @@ class Daemon:
         return sorted(entry.name for entry in root.iterdir()) if root.is_dir() else []
 
 
-def start_daemon(storage: Path, base: Path, log: Path) -> Daemon:
+def start_daemon(storage: Path, base: Path, log: Path, *flags: str) -> Daemon:
+    """``ember orchestrator`` on free loopback ports; ``flags`` are more of its flags."""
     grpc_port, proxy_port = free_port(), free_port()
     with log.open("a") as handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "ember", "orchestrator", "-storage", str(storage), "-listen", "127.0.0.1",
-             "-grpc-port", str(grpc_port), "-proxy-port", str(proxy_port)],
+             "-grpc-port", str(grpc_port), "-proxy-port", str(proxy_port), *flags],
             stdout=handle, stderr=handle, text=True, env=environment(base),
         )  # fmt: skip
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
@@ -133,9 +134,9 @@ def stop_daemon(daemon: Daemon) -> int:
 
 
 @contextlib.contextmanager
-def running_daemon(storage: Path, tmp_path: Path) -> Iterator[Daemon]:
+def running_daemon(storage: Path, tmp_path: Path, *flags: str) -> Iterator[Daemon]:
     """A daemon for one test; on the way out it must stop cleanly and leave no workspace."""
-    started = start_daemon(storage, tmp_path / "base", tmp_path / "daemon.log")
+    started = start_daemon(storage, tmp_path / "base", tmp_path / "daemon.log", *flags)
     try:
         yield started
     finally:
