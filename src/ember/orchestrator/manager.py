@@ -10,7 +10,8 @@ Node limits, as the original's (``orchestrator/pkg/server/sandboxes.go``):
 
 * ``max_sandboxes`` running at once (200): RESOURCE_EXHAUSTED beyond;
 * ``max_starting`` starts at once (3): a fresh create is refused with RESOURCE_EXHAUSTED at
-  once (the API places it on another node), a resume of a paused sandbox waits its turn.
+  once (the API places it on another node), a resume of a paused sandbox waits its turn;
+* a sandbox asking for more memory or disk than the whole node has: RESOURCE_EXHAUSTED.
 
 A sandbox whose VM dies is failed by the node's monitor; it leaves ``list`` at once and is
 logged. ``end_time`` is kept (``Update``) but not enforced: the control plane's evictor is.
@@ -34,6 +35,7 @@ import grpc
 from ember.errors import BuildError, EmberError, UsageError
 from ember.network import EgressPolicy
 from ember.network.egress import DEFAULT_EGRESS
+from ember.orchestrator.host import disk_usage, memory_usage
 from ember.sandbox import (
     BootOptions,
     BuildNotFound,
@@ -219,6 +221,7 @@ class SandboxManager:
                 f"total_disk_size_mb {request.total_disk_size_mb} is smaller than build {build_id}'s "
                 f"{build.rootfs_bytes >> 20} MB rootfs",
             )
+        self._require_node_room(ram_mb, request.total_disk_size_mb)
         options = ResumeOptions(
             build_id,
             sandbox_id=request.sandbox_id,
@@ -233,6 +236,7 @@ class SandboxManager:
         """``filesystem_boot``: a cold boot from the build's rootfs alone, fresh memory."""
         vcpu = request.vcpu or 2
         ram_mb = request.ram_mb or 512
+        self._require_node_room(ram_mb, request.total_disk_size_mb)
         options = BootOptions(
             base_rootfs=build_id,
             vcpu_count=vcpu,
@@ -243,6 +247,21 @@ class SandboxManager:
             egress=request.egress,
         )
         return _guarded(lambda: Sandbox.boot(self.node, options)), vcpu, ram_mb
+
+    def _require_node_room(self, ram_mb: int, disk_mb: int) -> None:
+        """Refuse a sandbox bigger than the whole node, which no wait would make room for here."""
+        disks = disk_usage([self.node.env.orchestrator_base_path])
+        node = {
+            "ram_mb": memory_usage().total_bytes >> 20,
+            "total_disk_size_mb": disks[0].total_bytes >> 20 if disks else 0,
+        }
+        for field_name, asked in (("ram_mb", ram_mb), ("total_disk_size_mb", disk_mb)):
+            if node[field_name] and asked > node[field_name]:
+                raise OrchestratorError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{field_name} {asked} is more than this node has ({node[field_name]} MB): "
+                    "place the sandbox on a larger node",
+                )
 
     def _require_firecracker(self, build_id: uuid.UUID, version: str) -> None:
         env = self.node.env
