@@ -8,13 +8,16 @@ A ``Node`` owns, for one storage location:
   orphans reclaimed at start), with ``warm_slots`` created ahead so a start does not wait
   ~50 ms for netlink and iptables;
 * the sandbox processes (``WorkerPool``), ``idle_workers`` of them forked ahead;
-* a cache of ``BuildInfo`` (metadata, snapfile, machine) per build, fetched once;
+* a cache of ``BuildInfo`` (metadata, snapfile, machine) per build, fetched once and bounded
+  as the original's template cache (``buildcache``: TTL since last use, a count, never a build
+  a running sandbox uses; with a remote store evicting also removes the downloaded snapfile);
 * the live sandboxes, and one monitor thread that notices a sandbox process exiting (its VMM
   died) and fails that sandbox alone, within a fraction of a second.
 
 Starting a node reclaims what killed owners left (``cleanup.reclaim_orphans`` and the slot
-pool's orphan reclaim); ``reclaimed`` says what was found. ``close`` kills every sandbox still
-running and stops the pools: nothing of the node outlives it.
+pool's orphan reclaim); ``reclaimed`` says what was found. It also sweeps the template cache of
+snapfile downloads unused for longer than the build TTL or left half-written. ``close`` kills
+every sandbox still running and stops the pools: nothing of the node outlives it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,13 +43,14 @@ from ember.errors import BuildError, EmberError
 from ember.network import EgressPolicy, Slot, SlotConfig
 from ember.network.egress import DEFAULT_EGRESS
 from ember.network.ownership import OWNERS_DIR
+from ember.sandbox.buildcache import DEFAULT_MAX_BUILDS, DEFAULT_TTL_S, BuildCache, sweep_downloads
 from ember.sandbox.cleanup import Reclaimed, reclaim_orphans
-from ember.sandbox.errors import TargetTaken
+from ember.sandbox.errors import BuildNotFound, TargetTaken
 from ember.sandbox.records import BuildInfo, EventSink, SandboxEvent, discard_events
-from ember.sandbox.resume import load_build_info, open_read_storage
+from ember.sandbox.resume import TEMPLATE_CACHE, load_build_info, open_read_storage
 from ember.sandbox.slots import SlotKeeper
 from ember.sandbox.worker import WorkerClient, WorkerPool, WorkerSetup
-from ember.storage import BuildPaths, ChunkCache
+from ember.storage import BuildPaths, ChunkCache, LocalStorage
 
 
 class NodeSandbox(Protocol):
@@ -53,6 +58,9 @@ class NodeSandbox(Protocol):
 
     @property
     def id(self) -> str: ...
+
+    @property
+    def build_id(self) -> uuid.UUID: ...
 
     def process_sentinel(self) -> int | None: ...
 
@@ -64,6 +72,7 @@ class NodeSandbox(Protocol):
 _log = logging.getLogger(__name__)
 
 _MONITOR_POLL_S = 1.0
+_BUILD_SWEEP_S = 60.0
 
 
 class Node:
@@ -80,6 +89,8 @@ class Node:
         slot_config: SlotConfig | None = None,
         owners_dir: Path = OWNERS_DIR,
         worker_log_level: int = logging.WARNING,
+        build_ttl_s: float = DEFAULT_TTL_S,
+        max_builds: int = DEFAULT_MAX_BUILDS,
     ) -> None:
         self.storage_url = storage_url
         self.env = env or Environment.resolve(storage_url)
@@ -89,9 +100,16 @@ class Node:
         self.slots = SlotKeeper(slot_config, owners_dir, warm_slots, worker_log_level)
         self.reclaimed.slots += self.slots.reclaimed
         self.workers = WorkerPool(WorkerSetup(storage_url, self.env, worker_log_level), idle_workers)
-        self._builds: dict[uuid.UUID, BuildInfo] = {}
-        self._build_locks: dict[uuid.UUID, threading.Lock] = {}
-        self._builds_lock = threading.Lock()
+        downloads = self.env.orchestrator_base_path / TEMPLATE_CACHE
+        sweep_downloads(downloads, build_ttl_s)
+        self._builds = BuildCache(
+            self._load_build,
+            self._build_exists,
+            self._builds_in_use,
+            None if isinstance(self.storage, LocalStorage) else downloads,
+            ttl_s=build_ttl_s,
+            max_builds=max_builds,
+        )
         self._sandboxes: dict[str, NodeSandbox] = {}
         self._sandboxes_lock = threading.Lock()
         self._closed = threading.Event()
@@ -103,25 +121,33 @@ class Node:
     # -- builds ------------------------------------------------------------------------------
 
     def build_info(self, build_id: uuid.UUID) -> BuildInfo:
-        """The build's ``BuildInfo``, fetched on first use and kept (builds never change)."""
-        with self._builds_lock:
-            known = self._builds.get(build_id)
-            if known is not None:
-                return known
-            lock = self._build_locks.setdefault(build_id, threading.Lock())
-        with lock:
-            with self._builds_lock:
-                known = self._builds.get(build_id)
-            if known is None:
-                known = load_build_info(self.storage, build_id, self.env)
-                with self._builds_lock:
-                    self._builds[build_id] = known
-            return known
+        """The build's ``BuildInfo``, from the node's bounded cache (``buildcache``).
+
+        Raises ``BuildNotFound`` for a build the store does not have, also one deleted since
+        it was cached (noticed within ``buildcache.DEFAULT_RECHECK_S``).
+        """
+        return self._builds.get(build_id)
 
     def forget_build(self, build_id: uuid.UUID) -> None:
-        """Drop the cached ``BuildInfo`` of a build whose metadata.json was rewritten (prefetch data)."""
-        with self._builds_lock:
-            self._builds.pop(build_id, None)
+        """Drop the cached ``BuildInfo``: its metadata.json was rewritten (prefetch data), or a start
+        from it found an object missing, so the next ``build_info`` asks the store again."""
+        self._builds.forget(build_id)
+
+    def _load_build(self, build_id: uuid.UUID) -> BuildInfo:
+        # A chunk cache keeps a deleted build's metadata.json: only the store itself can say it went.
+        if isinstance(self.storage, ChunkCache) and not self._build_exists(build_id):
+            raise BuildNotFound(
+                f"build {build_id} does not exist in {self.storage.url}: it has no metadata.json "
+                "(it was deleted, or a create-build or pause did not finish); pick a finished build"
+            )
+        return load_build_info(self.storage, build_id, self.env)
+
+    def _build_exists(self, build_id: uuid.UUID) -> bool:
+        store = self.storage.inner if isinstance(self.storage, ChunkCache) else self.storage
+        return store.exists(BuildPaths(build_id).metadata)
+
+    def _builds_in_use(self) -> set[uuid.UUID]:
+        return {sandbox.build_id for sandbox in self.sandboxes()}
 
     def claim(self, build_id: uuid.UUID, writer: str) -> uuid.UUID:
         """Make this node the only writer of ``build_id`` (``claim_build``); the id, for ``Sandbox.pause``."""
@@ -184,6 +210,7 @@ class Node:
         with self._sandboxes_lock:
             if self._sandboxes.get(sandbox.id) is sandbox:
                 del self._sandboxes[sandbox.id]
+        self._builds.touch(sandbox.build_id)  # its build's TTL counts from the end of its last sandbox
         self._wake()
 
     def get(self, sandbox_id: str) -> NodeSandbox | None:
@@ -199,8 +226,16 @@ class Node:
             os.write(self._wake_write, b"x")
 
     def _watch(self) -> None:
-        """Fail a sandbox whose process exited on its own (its VMM died)."""
+        """Fail a sandbox whose process exited on its own (its VMM died); now and then, sweep the builds."""
+        next_sweep = time.monotonic() + _BUILD_SWEEP_S
         while not self._closed.is_set():
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + _BUILD_SWEEP_S
+                try:
+                    self._builds.sweep()
+                    self._builds.sweep_leftovers()
+                except Exception:  # the monitor must outlive a failed sweep
+                    _log.exception("sweeping the build cache failed")
             watched: dict[Any, NodeSandbox] = {}
             for sandbox in self.sandboxes():
                 sentinel = sandbox.process_sentinel()

@@ -6,7 +6,8 @@ by every sandbox process of the node, since chunk files are written atomically).
 
 ``load_build_info`` reads metadata.json (refusing incomplete builds, builds of a VMM this
 node cannot run, corrupt metadata), the snapfile (the store's own file when local, else
-one cached download per build in the node's template cache) and the headers' sizes.
+one cached download per build in the node's template cache, bounded by ``buildcache``) and
+the headers' sizes.
 
 ``save_prefetch`` rewrites a build's metadata.json with prefetch data (``resume-build
 -optimize``, recorded by ``Sandbox.accesses`` over resumes without prefetch).

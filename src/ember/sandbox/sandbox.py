@@ -35,14 +35,14 @@ from typing import Any
 
 from ember.build import TemplateInfo, TemplateMetadata
 from ember.envd.client import EnvdClient
-from ember.errors import EmberError
+from ember.errors import EmberError, ObjectNotFound
 from ember.guest import ENVD_PORT
 from ember.header import Header
 from ember.memory import PageAccesses
 from ember.network import EgressPolicy, Slot
 from ember.network.egress import DEFAULT_EGRESS
 from ember.sandbox.cleanup import create_workspace, remove_workspace
-from ember.sandbox.errors import SandboxGone, SandboxStateError
+from ember.sandbox.errors import BuildNotFound, SandboxGone, SandboxStateError
 from ember.sandbox.node import Node
 from ember.sandbox.records import (
     BootSpec,
@@ -187,19 +187,31 @@ class Sandbox:
         template = build.metadata.template
         child = build.metadata.same_version_template(TemplateInfo("", template.kernel_version, ""))
         sandbox = cls(node, options.sandbox_id or new_sandbox_id(), identity, child, build.build_id)
-        sandbox._start(
-            "resume",
-            lambda workspace: ResumeSpec(
-                sandbox.id,
-                build,
-                workspace,
-                identity,
-                prefetch=options.prefetch,
-                wait_for_envd=options.wait_for_envd,
-                envd_timeout_s=options.envd_timeout_s or node.env.envd_timeout_s,
-            ),
-            options.egress,
-        )
+        try:
+            sandbox._start(
+                "resume",
+                lambda workspace: ResumeSpec(
+                    sandbox.id,
+                    build,
+                    workspace,
+                    identity,
+                    prefetch=options.prefetch,
+                    wait_for_envd=options.wait_for_envd,
+                    envd_timeout_s=options.envd_timeout_s or node.env.envd_timeout_s,
+                ),
+                options.egress,
+            )
+        except ObjectNotFound as missing:
+            # The cached BuildInfo may name a build deleted since (ember gc): asked again, the
+            # store answers BuildNotFound for it; a build still there keeps the original error.
+            node.forget_build(build.build_id)
+            try:
+                node.build_info(build.build_id)
+            except BuildNotFound:
+                raise
+            except EmberError:  # the store cannot say now: the start's own error stands
+                raise missing from None
+            raise
         return sandbox
 
     @classmethod

@@ -130,6 +130,11 @@ class ChunkCache(Storage):
     def root(self) -> Path:
         return self._root
 
+    @property
+    def inner(self) -> Storage:
+        """The store behind the cache: only it knows what still exists (entries are never revalidated)."""
+        return self._inner
+
     def close(self) -> None:
         """Close and unmap the chunk files kept; the cache stays usable and reopens them on demand
         (a map still being read goes when its reader is done)."""

@@ -20,11 +20,12 @@ import pytest
 
 from ember.build import TemplateInfo, TemplateMetadata
 from ember.environment import Environment
-from ember.errors import BuildError
+from ember.errors import BuildError, EmberError, ObjectNotFound, StorageError
 from ember.header import PAGE_SIZE, empty_device_header
 from ember.network import SlotConfig
 from ember.sandbox import (
     BuildInfo,
+    BuildNotFound,
     ResumeOptions,
     Sandbox,
     SandboxEvent,
@@ -117,12 +118,20 @@ class FakeNode:
         self.kept_complete: list[bool] = []
         self.released_slots: list[int] = []
         self.registered: dict[str, Sandbox] = {}
+        self.forgotten: list[uuid.UUID] = []
+        self.store_answer: EmberError | None = None
+        """What the store says of a build once it is forgotten (not cached): None, it is there."""
 
     def build_info(self, build_id: uuid.UUID) -> BuildInfo:
+        if build_id in self.forgotten and self.store_answer is not None:
+            raise self.store_answer
         metadata = TemplateMetadata(
             version=2, template=TemplateInfo(str(build_id), "vmlinux-test", "qemu-7.2")
         )
         return BuildInfo(build_id, metadata, VmmKind.QEMU, Path("/nonexistent"), None, 1 << 20, 1, 1 << 20)
+
+    def forget_build(self, build_id: uuid.UUID) -> None:
+        self.forgotten.append(build_id)
 
     def take_worker(self) -> FakeWorker:
         return self.worker
@@ -241,6 +250,28 @@ def test_a_start_that_fails_leaves_a_failed_sandbox_and_releases_everything(
     assert node.registered == {}
     assert list((node.env.orchestrator_base_path / "sandbox").iterdir()) == []
     assert list(Path(tempfile.gettempdir()).glob("ember-sbx-*")) == []
+
+
+def test_a_resume_of_a_build_deleted_since_it_was_cached_is_not_found(
+    node: FakeNode, worker: FakeWorker
+) -> None:
+    node.store_answer = BuildNotFound(f"build {BUILD} has no metadata.json")
+    worker.answers["resume"] = ObjectNotFound(f"{BUILD}/memfile.header", "gs://bucket")
+    with pytest.raises(BuildNotFound, match=r"no metadata\.json"):
+        _resume(node)
+    assert node.forgotten == [BUILD]
+    assert node.registered == {} and node.released_slots == [SLOT.idx]
+
+
+@pytest.mark.parametrize("store_answer", [None, StorageError("the bucket did not answer")])
+def test_a_missing_object_of_a_build_not_known_gone_fails_the_resume_as_it_is(
+    node: FakeNode, worker: FakeWorker, store_answer: EmberError | None
+) -> None:
+    node.store_answer = store_answer
+    worker.answers["resume"] = ObjectNotFound(f"{BUILD}/memfile.header", "gs://bucket")
+    with pytest.raises(ObjectNotFound):
+        _resume(node)
+    assert node.forgotten == [BUILD], "the next resume must not trust the cached build"
 
 
 def test_a_pause_that_fails_fails_the_sandbox_and_gives_up_its_target(
