@@ -20,12 +20,22 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
-from sandbox_traces import Finished, Run, descendants, ember_env, run_ember, wait_all_gone
+from sandbox_traces import (
+    Finished,
+    Proc,
+    Run,
+    descendants,
+    ember_env,
+    run_ember,
+    wait_all_gone,
+    wait_slots_released,
+)
 
 from ember.network import EgressPolicy, update_egress
 from ember.network.links import default_gateway_interface
@@ -227,12 +237,18 @@ def test_a_pause_killed_at_a_milestone_leaves_the_parent_intact_and_nothing_behi
     _kill_during_pause(builds, sig, point)
 
 
+@pytest.mark.parametrize("delay_s", [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.6])
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_pause_killed_after_fixed_delays_leaves_the_parent_intact_and_nothing_behind(
-    builds: Builds, sig: signal.Signals
+    builds: Builds, sig: signal.Signals, delay_s: float
 ) -> None:
-    for delay_s in (0.1, 0.3, 0.6):
-        _kill_during_pause(builds, sig, delay_s)
+    """With the three milestones, ten points of a pause per signal (issue 8 asks for ten).
+
+    Here a pause of these builds takes ~0.25-0.4 s from SIGUSR1 ("Paused" at ~0.15 s, the
+    diffs exported at ~0.25 s), slower on a loaded host: the delays are spread over it, and
+    the last one falls in the teardown after the build is reported.
+    """
+    _kill_during_pause(builds, sig, delay_s)
 
 
 # -- d. envd answers only the sandbox's owner; e. private workspaces and builds -----------------
@@ -486,3 +502,148 @@ def test_a_guest_reaches_no_host_service_no_metadata_no_other_sandbox(
             assert _guest_connects(sandbox, server, peer.port) != "connected", "private ranges are denied"
             update_egress(slot, EgressPolicy.parse(allowed_cidrs=[str(private)]))
             assert _guest_connects(sandbox, server, peer.port) == "connected"
+
+
+# -- j. a corrupt snapfile, a killed create-build, a read-only base path for create-build ------
+
+
+def _run_watched(*args: str, env: dict[str, str]) -> tuple[Finished, list[Proc]]:
+    """``python -m ember <args>`` to completion, with every process seen below it while it ran.
+
+    A command that fails before printing its sandbox id leaves nothing else to find its
+    processes and slot owner records by.
+    """
+    argv = [sys.executable, "-m", "ember", *args]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen: dict[int, Proc] = {}
+    with ThreadPoolExecutor(1) as pool:
+        output = pool.submit(process.communicate, timeout=300)
+        while not output.done():
+            seen.update((proc.pid, proc) for proc in descendants(process.pid))
+            time.sleep(0.05)
+        out, err = output.result()
+    return Finished(process.pid, process.returncode, out, err), list(seen.values())
+
+
+def _assert_nothing_left_under(base_path: Path, processes: list[Proc]) -> None:
+    """No workspace, mount or process under the command's own ORCHESTRATOR_BASE_PATH, no slot record of it."""
+    wait_all_gone(processes)
+    workspaces = base_path / "sandbox"
+    assert not workspaces.exists() or list(workspaces.iterdir()) == []
+    mounts = Path("/proc/self/mountinfo").read_text().split()
+    assert [point for point in mounts if str(base_path) in point] == []
+    wait_slots_released(proc.pid for proc in processes)
+
+
+def test_a_truncated_snapfile_is_named_in_one_line_and_leaves_nothing(builds: Builds, tmp_path: Path) -> None:
+    """Reproduction: copy a build, cut its snapfile in half (an upload cut short), resume the copy.
+
+    The old main reported what QEMU's exit did to the control socket: "QMP ... Connection
+    reset by peer", which names neither the snapfile nor what to do about it.
+    """
+    copy = tmp_path / "copy"
+    copied = run_ember(
+        "copy-build", "-build", str(builds.parent), "-from", str(builds.storage), "-to", str(copy)
+    )
+    assert copied.returncode == 0, copied.stderr
+    snapfile = copy / "templates" / str(builds.parent) / "snapfile"
+    os.truncate(snapfile, snapfile.stat().st_size // 2)
+    result, processes = _run_watched(
+        "resume-build", "-from-build", str(builds.parent), "-storage", str(copy), "-cmd", "true",
+        env=ember_env(),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    line = _error_line(result)
+    assert "snapfile" in line and "truncated or corrupt" in line, line
+    assert "Connection reset by peer" not in line, line
+    assert "Running" not in result.stdout
+    _assert_nothing_left_under(copy / "orchestrator", processes)
+
+
+def _slots_by_netns() -> dict[int, int]:
+    """Network slot numbers by the inode of their namespace (``/run/netns/ns-<slot>``)."""
+    return {os.stat(ns).st_ino: int(ns.name.removeprefix("ns-")) for ns in Path("/run/netns").glob("ns-*")}
+
+
+def _booting_qemu(process: subprocess.Popen[str], timeout_s: float = 300) -> tuple[str, int, list[Proc]]:
+    """Once a QEMU below ``process`` runs in its slot: its sandbox id, the slot, the processes below.
+
+    create-build prints its sandbox id and slot only once the guest's envd answers, after
+    the boot; while it boots, its QEMU's name and network namespace tell them.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert time.monotonic() < deadline and process.poll() is None, "create-build booted no QEMU"
+        below = descendants(process.pid)
+        for proc in below:
+            try:
+                argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+                netns = os.stat(f"/proc/{proc.pid}/ns/net").st_ino
+            except OSError:
+                continue
+            slot = _slots_by_netns().get(netns)
+            if b"qemu-system" in argv[0] and b"-name" in argv and slot is not None:
+                return argv[argv.index(b"-name") + 1].decode().removeprefix("sandbox-"), slot, below
+        time.sleep(0.1)
+
+
+def test_a_create_build_killed_while_it_boots_leaves_no_build_and_the_next_command_reclaims_it(
+    builds: Builds,
+) -> None:
+    """Reproduction: ``kill -9`` create-build while its VM boots, then run any ember command.
+
+    The old main left the killed create's working directory (guest RAM file, COW cache,
+    ~130-150 MB) and its socket directory for good; no later command removed them.
+    """
+    target = uuid.uuid4()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ember", "create-build", "-to-build", str(target),
+         "-storage", str(builds.storage), "-hugepages=false", "-memory", "512", "-disk", "512",
+         "-start-cmd", COUNTER, "-ready-cmd", "test -s /tmp/counter"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ember_env(),
+    )  # fmt: skip
+    try:
+        sandbox_id, slot, started = _booting_qemu(process)
+        run = Run(sandbox_id, slot, process.pid, builds.base_path, frozenset(proc.pid for proc in started))
+        process.kill()
+        out, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    wait_all_gone(descendants(process.pid) + started)
+    assert process.returncode == -signal.SIGKILL
+    assert "running in network slot" not in out, f"the boot had ended: the kill came too late\n{out}"
+    assert not (builds.folder(target) / "metadata.json").exists(), "a killed create left a complete build"
+    assert run.workspaces(), "nothing was left to reclaim: the test would prove nothing"
+
+    after = _resume(builds.storage, builds.parent, "-cmd", "true")
+    assert after.returncode == 0, after.stderr
+    reclaimed = re.search(r"Reclaimed what killed sandboxes left: (\d+) workspaces", after.stdout)
+    assert reclaimed and int(reclaimed.group(1)) >= 1, after.stdout
+    run.assert_gone(within_s=2)
+    refused = _resume(builds.storage, target, "-cmd", "true")
+    assert refused.returncode == 1 and str(target) in _error_line(refused), refused.stdout + refused.stderr
+
+
+def test_create_build_refuses_a_read_only_orchestrator_base_path_in_one_line(tmp_path: Path) -> None:
+    """Reproduction: ``create-build`` with ORCHESTRATOR_BASE_PATH on a read-only file system.
+
+    The old main failed with an internal error instead of naming the setting to fix.
+    """
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    storage, target = tmp_path / "store", uuid.uuid4()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)], check=True)
+    try:
+        result = run_ember(
+            "create-build", "-to-build", str(target), "-storage", str(storage), "-hugepages=false",
+            "-memory", "512", "-disk", "512", env=ember_env(ORCHESTRATOR_BASE_PATH=str(read_only)),
+        )  # fmt: skip
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)], check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    line = _error_line(result)
+    assert "Read-only file system" in line and "ORCHESTRATOR_BASE_PATH" in line, line
+    folder = storage / "templates" / str(target)
+    assert not folder.exists() or list(folder.iterdir()) == [], "the refused create kept its claim or objects"

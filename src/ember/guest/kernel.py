@@ -21,8 +21,10 @@ installed on the host.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -41,6 +43,8 @@ MODULES_DIR = "modules"
 MODULE_ORDER = "modules.order"
 STAMP = ".provisioned"
 VERSION_PREFIX = "vmlinux-"
+_DISK_FULL = re.compile(r"No space left on device|Wrote only \d+ of \d+ bytes")
+"""How a full disk shows in a tool's errors: tar (under ``dpkg -x``) reports a short write only."""
 
 # What a guest needs from the kernel's modules; their dependencies are added automatically.
 GUEST_MODULES = (
@@ -190,7 +194,12 @@ def download_deb(package: str, arch: str, deb_cache: Path) -> Path:
         return existing[-1]
     staging = Path(tempfile.mkdtemp(prefix=".download.", dir=deb_cache))
     try:
-        _run(["apt-get", "download", "-q", f"{package}:{arch}"], f"download {package}", cwd=staging)
+        _run(
+            ["apt-get", "download", "-q", f"{package}:{arch}"],
+            f"download {package}",
+            cwd=staging,
+            writes_to=deb_cache,
+        )
         debs = list(staging.glob("*.deb"))
         if len(debs) != 1:
             raise GuestError(f"apt-get download {package} produced {len(debs)} .deb files, expected 1")
@@ -202,13 +211,21 @@ def download_deb(package: str, arch: str, deb_cache: Path) -> Path:
 def _unpack_kernel(deb: Path, release: str, target: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="ember-deb-", dir=target.parent) as scratch:
         root = Path(scratch)
-        _run(["dpkg", "-x", str(deb), str(root)], f"unpack {deb.name}")
+        _run(["dpkg", "-x", str(deb), str(root)], f"unpack {deb.name}", writes_to=target.parent)
         bzimage = root / "boot" / f"vmlinuz-{release}"
         if not bzimage.is_file():
             raise GuestError(f"{deb.name} has no boot/vmlinuz-{release}: is it a linux-image package?")
-        shutil.copyfile(bzimage, target / VMLINUZ)
-        (target / VMLINUX).write_bytes(extract_vmlinux(bzimage.read_bytes()))
-        _copy_modules(root / "lib" / "modules" / release, target / MODULES_DIR)
+        try:
+            shutil.copyfile(bzimage, target / VMLINUZ)
+            (target / VMLINUX).write_bytes(extract_vmlinux(bzimage.read_bytes()))
+            _copy_modules(root / "lib" / "modules" / release, target / MODULES_DIR)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise GuestError(
+                f"cannot unpack {deb.name}: the disk is full ({exc.strerror}); free space under "
+                f"{target.parent} (EMBER_CACHE_DIR, HOST_KERNELS_DIR) and retry"
+            ) from exc
 
 
 def _copy_modules(module_root: Path, target: Path) -> None:
@@ -264,7 +281,8 @@ def _module_depends(path: Path) -> tuple[str, ...]:
     return tuple(name.replace("-", "_") for name in out.strip().split(",") if name)
 
 
-def _run(argv: list[str], action: str, cwd: Path | None = None) -> str:
+def _run(argv: list[str], action: str, cwd: Path | None = None, writes_to: Path | None = None) -> str:
+    """``argv``'s stdout; a failure as a GuestError that says what to do (``writes_to``: where it writes)."""
     try:
         done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
     except FileNotFoundError as exc:
@@ -273,10 +291,11 @@ def _run(argv: list[str], action: str, cwd: Path | None = None) -> str:
         ) from exc
     if done.returncode != 0:
         detail = (done.stderr.strip() or done.stdout.strip()).splitlines()
-        if any("No space left on device" in line for line in detail):
+        full = [line for line in detail if _DISK_FULL.search(line)]
+        if full:
             raise GuestError(
-                f"cannot {action}: the disk is full ({detail[-1]}); free space under "
-                f"{cwd or cache_dir()} (EMBER_CACHE_DIR, HOST_KERNELS_DIR) and retry"
+                f"cannot {action}: the disk is full ({full[0].strip()}); free space under "
+                f"{writes_to or cache_dir()} (EMBER_CACHE_DIR, HOST_KERNELS_DIR) and retry"
             )
         raise GuestError(
             f"cannot {action}: `{' '.join(argv)}` exited {done.returncode}: "

@@ -39,6 +39,8 @@ STDERR_FILE = "qemu.stderr"
 _QMP_CONNECT_TIMEOUT_S = 10.0
 _MIGRATION_TIMEOUT_S = 60.0
 _MIGRATION_POLL_S = 0.002  # a restore's migration takes ~1 ms: poll finely, it is on the resume path
+_GIVE_UP_EXIT_S = 2.0
+"""How long a QEMU that dropped its QMP socket mid-restore gets to finish exiting (it closes it first)."""
 
 
 class QemuVm(VmProcess):
@@ -98,7 +100,7 @@ class QemuVm(VmProcess):
             vm._wait_migration("restore")
             qmp.execute("cont")
         except EmberError as exc:
-            exited = vm._process is not None and vm._process.poll() is not None
+            exited = vm._exits_within(_GIVE_UP_EXIT_S)
             diagnosis = vm._diagnosis()
             vm.stop()
             if exited:  # QEMU gave up on the stream: say that, not what it did to the QMP socket
@@ -208,6 +210,16 @@ class QemuVm(VmProcess):
             if time.monotonic() >= deadline:
                 raise VmError(f"QEMU {action} did not complete within {_MIGRATION_TIMEOUT_S:.0f} s")
             time.sleep(_MIGRATION_POLL_S)
+
+    def _exits_within(self, timeout_s: float) -> bool:
+        """Whether QEMU has exited, waiting up to ``timeout_s`` for it."""
+        if self._process is None:
+            return False
+        try:
+            self._process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def _require_qmp(self) -> QmpClient:
         if self._qmp is None:
