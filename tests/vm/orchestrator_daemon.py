@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,14 +99,17 @@ class Daemon:
         return sorted(entry.name for entry in root.iterdir()) if root.is_dir() else []
 
 
-def start_daemon(storage: Path, base: Path, log: Path, *flags: str) -> Daemon:
-    """``ember orchestrator`` on free loopback ports; ``flags`` are more of its flags."""
+def start_daemon(
+    storage: Path | str, base: Path, log: Path, *flags: str, env: Mapping[str, str] | None = None
+) -> Daemon:
+    """``ember orchestrator`` on free loopback ports; ``flags`` are more of its flags, ``env`` more
+    of its environment (a bucket's endpoint and credentials)."""
     grpc_port, proxy_port = free_port(), free_port()
     with log.open("a") as handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "ember", "orchestrator", "-storage", str(storage), "-listen", "127.0.0.1",
              "-grpc-port", str(grpc_port), "-proxy-port", str(proxy_port), *flags],
-            stdout=handle, stderr=handle, text=True, env=environment(base),
+            stdout=handle, stderr=handle, text=True, env={**environment(base), **(env or {})},
         )  # fmt: skip
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
     health = health_pb2_grpc.HealthStub(channel)
@@ -134,9 +137,11 @@ def stop_daemon(daemon: Daemon) -> int:
 
 
 @contextlib.contextmanager
-def running_daemon(storage: Path, tmp_path: Path, *flags: str) -> Iterator[Daemon]:
+def running_daemon(
+    storage: Path | str, tmp_path: Path, *flags: str, env: Mapping[str, str] | None = None
+) -> Iterator[Daemon]:
     """A daemon for one test; on the way out it must stop cleanly and leave no workspace."""
-    started = start_daemon(storage, tmp_path / "base", tmp_path / "daemon.log", *flags)
+    started = start_daemon(storage, tmp_path / "base", tmp_path / "daemon.log", *flags, env=env)
     try:
         yield started
     finally:

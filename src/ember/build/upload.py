@@ -111,6 +111,13 @@ def claim_build(storage: Storage, build_id: uuid.UUID | str, writer: str) -> Non
         recorded = _read_marker(storage, paths.claim)
         if recorded == marker:
             return  # a retried request whose first attempt had created it
+        if _writer_is_gone(recorded):
+            raise BuildError(
+                f"build {paths.build_id} in {storage.url} was claimed by another writer "
+                f"({_describe_claim(recorded)}), which no longer runs on this host: the build was "
+                f"abandoned; pick a new -to-build / build id, or delete its folder {paths.build_id} "
+                "to reuse the id (ember gc removes it once it is older than its grace)"
+            ) from exc
         raise BuildError(
             f"build {paths.build_id} in {storage.url} was claimed by another writer "
             f"({_describe_claim(recorded)}): it is being written or was abandoned; "
@@ -123,6 +130,29 @@ def _read_marker(storage: Storage, key: str) -> bytes | None:
         return storage.get(key)
     except EmberError:
         return None
+
+
+def _writer_is_gone(marker: bytes | None) -> bool:
+    """Whether the marker names a process of this host that has exited (a killed create or pause).
+
+    Only a hint for the message: a pid may have been reused, so the claim is never taken over.
+    """
+    try:
+        document = json.loads(marker or b"")
+    except (ValueError, UnicodeDecodeError):
+        return False
+    if not isinstance(document, dict) or document.get("hostname") != socket.gethostname():
+        return False
+    pid = document.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _describe_claim(marker: bytes | None) -> str:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import socket
+import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -44,6 +47,28 @@ def test_the_second_claim_says_who_holds_the_build(tmp_path: Path) -> None:
     assert f"build {BUILD} in {storage.url} was claimed by another writer" in message
     assert f"create-build of the base template on host {os.uname().nodename}, pid {os.getpid()}" in message
     assert "pick a new -to-build / build id" in message
+
+
+def test_a_claim_whose_writer_died_is_still_refused_and_says_how_to_reuse_the_id(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    writer = subprocess.Popen([sys.executable, "-c", "pass"])
+    writer.wait()
+    marker = {"writer": "create-build", "hostname": socket.gethostname(), "pid": writer.pid, "time": "t"}
+    storage.put(BuildPaths(BUILD).claim, json.dumps(marker).encode())
+    with pytest.raises(BuildError) as caught:
+        claim_build(storage, BUILD, "create-build")
+    message = str(caught.value)
+    assert f"pid {writer.pid}" in message and "no longer runs on this host" in message
+    assert f"delete its folder {BUILD}" in message and "pick a new -to-build" in message
+    assert storage.get(BuildPaths(BUILD).claim) == json.dumps(marker).encode(), "the claim was taken over"
+
+
+def test_a_live_writers_claim_is_not_called_abandoned(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    claim_build(storage, BUILD, "create-build")
+    with pytest.raises(BuildError) as caught:
+        claim_build(storage, BUILD, "create-build")
+    assert "no longer runs" not in str(caught.value)
 
 
 def test_an_unreadable_marker_still_refuses_the_claim(tmp_path: Path) -> None:
