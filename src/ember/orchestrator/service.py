@@ -71,9 +71,31 @@ def _stamp(moment: dt.datetime) -> timestamp_pb2.Timestamp:
 
 
 def egress_policy(
-    egress: orchestrator_pb2.SandboxNetworkEgressConfig, allow_internet_access: bool | None
+    egress: orchestrator_pb2.SandboxNetworkEgressConfig, allow_internet_access: bool | None, sandbox_id: str
 ) -> EgressPolicy:
-    """The control plane's egress config as the slot firewall's policy (UsageError for a bad CIDR)."""
+    """The control plane's egress config as the slot firewall's policy (UsageError for a bad CIDR).
+
+    The firewall filters by address only: domain names, per-domain rules and an egress proxy
+    need the original's egress proxy, which this node does not run. They are accepted (the SDKs
+    send them) and logged as not enforced; the sandbox is never more open for them, since its
+    CIDR rules still apply (with 0.0.0.0/0 denied, the named domains are unreachable too).
+    """
+    unenforced = [
+        name
+        for name, given in (
+            ("allowed_domains", list(egress.allowed_domains)),
+            ("rules", list(egress.rules)),
+            ("egress_proxy_address", egress.egress_proxy_address),
+        )
+        if given
+    ]
+    if unenforced:
+        _log.warning(
+            "sandbox %s: egress %s not enforced by this node (it filters by address only); "
+            "its traffic follows its CIDR rules",
+            sandbox_id,
+            ", ".join(unenforced),
+        )
     allow_internet = True if allow_internet_access is None else allow_internet_access
     denied = list(egress.denied_cidrs)
     if "0.0.0.0/0" in denied:  # the API's spelling of "no internet access"
@@ -90,7 +112,9 @@ def create_request(message: orchestrator_pb2.SandboxCreateRequest) -> CreateRequ
     ingress = network.ingress
     try:
         egress = egress_policy(
-            network.egress, config.allow_internet_access if config.HasField("allow_internet_access") else None
+            network.egress,
+            config.allow_internet_access if config.HasField("allow_internet_access") else None,
+            config.sandbox_id,
         )
     except UsageError as exc:
         raise OrchestratorError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
@@ -185,7 +209,7 @@ class SandboxService(orchestrator_pb2_grpc.SandboxServiceServicer):
             egress = None
             if request.HasField("egress"):
                 try:
-                    egress = egress_policy(request.egress, None)
+                    egress = egress_policy(request.egress, None, request.sandbox_id)
                 except UsageError as exc:
                     raise OrchestratorError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
             self.manager.update(request.sandbox_id, end, egress)
