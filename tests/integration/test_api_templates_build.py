@@ -426,15 +426,15 @@ def _gc_runs(api: ApiHarness) -> int:
     return api.server.gc.runs
 
 
-def _deleted(api: ApiHarness, since: int) -> set[uuid.UUID]:
-    """Wait for the gc a delete after ``since`` runs started; the builds it deleted."""
+def _deleted(api: ApiHarness, since: int, storage: LocalStorage, before: set[uuid.UUID]) -> set[uuid.UUID]:
+    """Wait for the gc runs a release after ``since`` runs asked for; the builds gone from ``before``."""
     assert api.server is not None and api.server.gc is not None
     gc = api.server.gc
     api.on_api_loop(gc.wait_idle())
     assert gc.runs > since and gc.last_error is None
     report = gc.last_report
     assert report is not None and not report.failed
-    return {item.build_id for item in report.deleted}
+    return before - _stored(storage)
 
 
 def test_deletes_garbage_collect_exactly_the_builds_nothing_uses(
@@ -461,32 +461,43 @@ def test_deletes_garbage_collect_exactly_the_builds_nothing_uses(
         assert _stored(storage) == everything
 
         # "other" goes; its build stays while a sandbox runs from it; the orphan goes
-        since = _gc_runs(api)
+        since, before = _gc_runs(api), _stored(storage)
         with _http(api) as http:
             assert http.delete("/templates/other").status_code == 204
             assert http.get("/templates/aliases/other").status_code == 404
             _error(http.delete("/templates/other"), 404)
-        assert _deleted(api, since) == {orphan.build_id}
+        assert _deleted(api, since, storage, before) == {orphan.build_id}
 
         # a named snapshot deleted (DELETE /templates/{snapshotID}): its build goes
-        since = _gc_runs(api)
+        since, before = _gc_runs(api), _stored(storage)
         assert e2b.Sandbox.delete_snapshot(named.snapshot_id) is True
-        assert _deleted(api, since) == {named_build}
+        assert _deleted(api, since, storage, before) == {named_build}
+
+        # the sandbox of the deleted "other" ends: nothing names its build any more, so it goes
+        since, before = _gc_runs(api), _stored(storage)
+        running.kill()
+        assert _deleted(api, since, storage, before) == {other_build}
 
         # my-tpl goes; its build stays: the paused sandbox's snapshot reads from it
-        running.kill()
-        since = _gc_runs(api)
+        since, before = _gc_runs(api), _stored(storage)
         with _http(api) as http:
             assert http.delete(f"/templates/{mine.template_id}").status_code == 204
-        assert _deleted(api, since) == {other_build}  # nothing runs from "other" any more
+        assert _deleted(api, since, storage, before) == set()
         assert _stored(storage) == {base.build_id, mine_build, snapshot_build}
+
+        # a sandbox of a build something still names ends: no gc run for it
+        runs = _gc_runs(api)
+        e2b.Sandbox.create("base").kill()
+        assert api.server is not None and api.server.gc is not None
+        api.on_api_loop(api.server.gc.wait_idle())
+        assert _gc_runs(api) == runs
 
         # the paused sandbox still resumes; killing it drops its snapshot, and the rest goes
         resumed = e2b.Sandbox.connect(paused.sandbox_id)
         assert api.cluster.creates()[-1].sandbox.build_id == str(snapshot_build)
-        since = _gc_runs(api)
+        since, before = _gc_runs(api), _stored(storage)
         resumed.kill()
-        assert _deleted(api, since) == {mine_build, snapshot_build}
+        assert _deleted(api, since, storage, before) == {mine_build, snapshot_build}
         assert _stored(storage) == {base.build_id}  # the registered base template is a root
 
 

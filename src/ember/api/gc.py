@@ -2,7 +2,9 @@
 
 Deleting a template or a snapshot, killing a paused sandbox or removing a tag only drops
 database rows; the builds those rows named stay in the node storage until gc deletes them.
-``GcService.released`` is called after each of those and runs gc in the background:
+``GcService.released`` is called after each of those and runs gc in the background; when a
+running sandbox ends, ``sandbox_ended`` does the same if no row names its build any more (its
+template was deleted while it ran):
 
 * **roots** come from the store (``Store.build_roots``): every template's current build and
   tagged builds, every paused sandbox's build, every running sandbox's build, every build not
@@ -85,6 +87,7 @@ class GcService:
         self._task: asyncio.Task[None] | None = None
         self._again = False
         self._told_disabled = False
+        self._checks: set[asyncio.Task[None]] = set()
         self.runs = 0
         self.last_report: GcReport | None = None
         self.last_error: str | None = None
@@ -112,6 +115,28 @@ class GcService:
             return
         self._idle.clear()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="ember-gc")
+
+    def sandbox_ended(self, build_id: str, why: str) -> None:
+        """A sandbox of ``build_id`` ended: collect if nothing else names that build any more.
+
+        A running sandbox is a root, so deleting its template while it ran kept the build;
+        this releases it when that sandbox goes. Most builds are still named (a live template,
+        a snapshot), and the check (one roots query) keeps those from costing a gc run each.
+        """
+        if self.storage is None:
+            return
+        check = asyncio.get_running_loop().create_task(self._release_if_unnamed(build_id, why))
+        self._checks.add(check)
+        check.add_done_callback(self._checks.discard)
+
+    async def _release_if_unnamed(self, build_id: str, why: str) -> None:
+        try:
+            roots = await store_roots(self._store, self._catalog)
+        except Exception as exc:  # the next release collects what this one would have
+            _log.warning("gc: cannot tell whether build %s is still in use: %s", build_id, exc)
+            return
+        if build_id not in roots:
+            self.released(why)
 
     async def _loop(self) -> None:
         try:
@@ -171,7 +196,9 @@ class GcService:
         return report
 
     async def wait_idle(self) -> None:
-        """Until no run is going or asked for."""
+        """Until no run is going or asked for (nor a ``sandbox_ended`` check that may ask)."""
+        while self._checks:
+            await asyncio.gather(*self._checks, return_exceptions=True)
         await self._idle.wait()
 
     async def stop(self) -> None:

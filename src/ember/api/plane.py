@@ -5,9 +5,9 @@ token minter. Its primitives keep three things in step, in this order: the node 
 catalog (memory), the store (``sandboxes`` rows). ``start`` places a sandbox and records it;
 ``kill_live`` ends one; ``extend`` moves its end time (the original's ``KeepAliveFor``).
 
-Two hooks the server fills in: ``gc`` is told whenever builds stop being used (a template or
-snapshot deleted, a paused sandbox killed, a tag removed) and collects them in the background
-(``ember.api.gc``); ``watch_build`` follows a template build the API started on a node until
+Two hooks the server fills in: ``gc`` is told whenever builds may stop being used (a template
+or snapshot deleted, a paused sandbox killed, a tag removed, a sandbox ended) and collects them
+in the background (``ember.api.gc``); ``watch_build`` follows a template build the API started on a node until
 it is ready or failed (``ember.api.builds``). Both do nothing until set.
 """
 
@@ -46,9 +46,14 @@ class Releases(Protocol):
 
     def released(self, why: str) -> None: ...
 
+    def sandbox_ended(self, build_id: str, why: str) -> None: ...
+
 
 class _NoGc:
     def released(self, why: str) -> None:
+        return None
+
+    def sandbox_ended(self, build_id: str, why: str) -> None:
         return None
 
 
@@ -236,6 +241,7 @@ class ControlPlane:
         await self._delete_quietly(live.record.node, live.sandbox_id, reason)
         self.catalog.remove(live.sandbox_id)
         await self.store.delete_sandbox(live.sandbox_id)
+        self.gc.sandbox_ended(live.record.spec.build_id, f"sandbox {live.sandbox_id} ended ({reason})")
 
     async def _delete_quietly(self, node_address: str, sandbox_id: str, reason: str) -> None:
         node = self.nodes.get(node_address)
@@ -250,6 +256,7 @@ class ControlPlane:
         """Drop a sandbox the node no longer runs (it stopped on its own, or was paused)."""
         self.catalog.remove(live.sandbox_id)
         await self.store.delete_sandbox(live.sandbox_id)
+        self.gc.sandbox_ended(live.record.spec.build_id, f"sandbox {live.sandbox_id} ended on its node")
 
     async def extend(self, live: LiveSandbox, timeout_s: int, allow_shorter: bool) -> dt.datetime:
         """``KeepAliveFor``: end at now + ``timeout_s``, capped at start + the max length.
