@@ -552,7 +552,7 @@ def test_the_core_flow_on_a_postgresql_database(
 
 
 def test_a_restarted_serve_resumes_a_paused_sandbox(sandboxes: Sandboxes, serve: ServeProcess) -> None:
-    """Last in the file: it stops the session's serve and starts it again on the same storage."""
+    """Near the end of the file: it stops the session's serve and starts it again on the same storage."""
     sandbox = sandboxes.create()
     sandbox.files.write("/root/restart.txt", "across a restart")
     before = start_counter(sandbox)
@@ -565,3 +565,37 @@ def test_a_restarted_serve_resumes_a_paused_sandbox(sandboxes: Sandboxes, serve:
     assert resumed.files.read("/root/restart.txt") == "across a restart"
     counter_advances(resumed, before)
     assert sandboxes.listed() == {sandbox.sandbox_id: "running"}
+
+
+def test_a_serve_killed_with_sigkill_comes_back_with_its_paused_sandbox_and_no_orphan(
+    sandboxes: Sandboxes, serve: ServeProcess
+) -> None:
+    """A crash, not a stop: SIGKILL with one sandbox running and one paused. Its QEMUs go with it
+    (their owners die in turn); the next start reclaims the workspaces they left, the API forgets
+    the sandbox that died with the node, and the paused one resumes with its file and process."""
+    running = sandboxes.create()
+    paused = sandboxes.create()
+    paused.files.write("/root/crash.txt", "across a crash")
+    before = start_counter(paused)
+    assert paused.pause() is True
+    assert sandboxes.listed() == {running.sandbox_id: "running", paused.sandbox_id: "paused"}
+
+    marker = f"{serve.workspace_root}/"
+    qemus = [pid for pid, cmd in qemu_processes() if marker in cmd]
+    assert qemus, "the running sandbox has no QEMU"
+    serve.kill()
+
+    def all_gone() -> bool:
+        return not any(Path(f"/proc/{pid}").exists() for pid in qemus)
+
+    wait_until(all_gone, 30, "the dead serve's QEMUs to exit")
+    left = [item for item in serve.leftovers() if item.startswith("workspace")]
+    assert left, "a crash leaves the running sandbox's workspace for the next start to reclaim"
+    serve.start()
+    assert serve.leftovers() == [], "the restart did not reclaim what the crash left"
+    assert sandboxes.listed() == {paused.sandbox_id: "paused"}
+    with pytest.raises(e2b.NotFoundException):
+        e2b.Sandbox.connect(running.sandbox_id)
+    resumed = e2b.Sandbox.connect(paused.sandbox_id)
+    assert resumed.files.read("/root/crash.txt") == "across a crash"
+    counter_advances(resumed, before)
