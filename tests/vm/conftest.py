@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tiny_guest import build_tiny_guest, skip_reason
@@ -49,3 +50,15 @@ def firecracker(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny ELF guest Firecracker can run here (assembled from tests/vm/tiny_guest)."""
     return build_tiny_guest(tmp_path_factory.mktemp("tiny-guest"))
+
+
+@pytest.fixture
+def bucket_env(gcs_emulator: Any, s3_server: Any) -> dict[str, str]:
+    """What an ember process needs to reach the session's GCS emulator and S3 server."""
+    return {
+        "STORAGE_EMULATOR_HOST": gcs_emulator.url,
+        "AWS_ENDPOINT_URL": s3_server.url,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "AWS_DEFAULT_REGION": s3_server.region,
+    }

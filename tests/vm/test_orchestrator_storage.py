@@ -53,17 +53,15 @@ def _chunk_fetches(daemon: Daemon) -> float:
 @pytest.mark.emulator
 @pytest.mark.parametrize("scheme", ["gs", "s3"])
 def test_a_daemon_on_a_bucket_resumes_pauses_into_it_and_resumes_the_pause(
-    store: tuple[Path, str], tmp_path: Path, gcs_emulator: Any, s3_server: Any, scheme: str
+    store: tuple[Path, str],
+    tmp_path: Path,
+    gcs_emulator: Any,
+    s3_server: Any,
+    bucket_env: dict[str, str],
+    scheme: str,
 ) -> None:
     storage, build = store
-    env = {
-        "STORAGE_EMULATOR_HOST": gcs_emulator.url,
-        "AWS_ENDPOINT_URL": s3_server.url,
-        "AWS_ACCESS_KEY_ID": s3_server.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
-        "AWS_DEFAULT_REGION": s3_server.region,
-        "SNAPSHOT_CACHE_DIR": str(tmp_path / "chunks"),
-    }
+    env = {**bucket_env, "SNAPSHOT_CACHE_DIR": str(tmp_path / "chunks")}
     bucket = f"{scheme}://{gcs_emulator.bucket if scheme == 'gs' else s3_server.bucket}/{uuid.uuid4().hex}"
     copy_env = {**environment(tmp_path / "copy"), **env}
     copied = subprocess.run(

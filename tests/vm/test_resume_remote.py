@@ -40,14 +40,10 @@ def _ember(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("scheme", ["gs", "s3"])
 def test_resume_and_pause_against_a_bucket(
-    tmp_path: Path, gcs_emulator: Any, s3_server: Any, scheme: str
+    tmp_path: Path, gcs_emulator: Any, s3_server: Any, bucket_env: dict[str, str], scheme: str
 ) -> None:
     env = {
-        "STORAGE_EMULATOR_HOST": gcs_emulator.url,
-        "AWS_ENDPOINT_URL": s3_server.url,
-        "AWS_ACCESS_KEY_ID": s3_server.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
-        "AWS_DEFAULT_REGION": s3_server.region,
+        **bucket_env,
         "SNAPSHOT_CACHE_DIR": str(tmp_path / "chunks"),
         "ORCHESTRATOR_BASE_PATH": str(tmp_path / "orchestrator"),
     }
