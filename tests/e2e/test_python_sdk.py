@@ -235,8 +235,11 @@ def test_a_pty_session_and_a_signed_download_url(sandboxes: Sandboxes, sdk_env: 
     url = sandbox.download_url("/tmp/download.txt", use_signature_expiration=120)
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
     assert query["signature"][0].startswith("v1_") and "signature_expiration" in query
-    # With E2B_SANDBOX_URL every URL the SDK makes points at the edge, whose routing headers a
-    # plain URL cannot carry: fetch it as a wildcard DNS name would, with the sandbox's Host.
+    # With E2B_SANDBOX_URL the URL points at the edge and carries no routing header: the edge
+    # finds the sandbox by the signature, so the URL works as the SDK made it.
+    assert http("GET", url)[::2] == (200, b"signed bytes")
+    # Unsigned and forged URLs name no sandbox: send them as a wildcard DNS name would, with the
+    # sandbox's Host, so that envd itself refuses them.
     host = {"Host": envd_host(sandbox.sandbox_id, sdk_env)}
     assert http("GET", url, headers=host)[::2] == (200, b"signed bytes")
     unsigned = url.split("&signature=")[0]

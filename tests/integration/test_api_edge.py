@@ -72,6 +72,30 @@ def test_a_websocket_is_relayed(api: ApiHarness) -> None:
     assert ws_roundtrip(url, _by_headers(sandbox.sandbox_id), "ping") == "echo:ping"
 
 
+def test_a_signed_files_url_reaches_the_sandbox_that_signed_it_with_nothing_else_naming_it(
+    api: ApiHarness,
+) -> None:
+    """The SDK's download_url/upload_url with E2B_SANDBOX_URL: the edge, no sandbox header."""
+    sandbox, other = e2b.Sandbox.create(secure=True), e2b.Sandbox.create(secure=True)
+    for target in (sandbox, other):
+        url = target.download_url("/tmp/report.txt", use_signature_expiration=60)
+        assert url.startswith(api.edge_url + "/files?"), url
+        seen = httpx.get(url).json()
+        assert (seen["sandbox"], seen["method"]) == (target.sandbox_id, "GET"), seen
+        assert seen["path"] == url.removeprefix(api.edge_url)
+    upload = sandbox.upload_url("/tmp/in.bin")
+    seen = httpx.post(upload, content=b"bytes").json()
+    assert (seen["sandbox"], seen["body"]) == (sandbox.sandbox_id, "bytes")
+
+    # a signature no running sandbox's token makes, or a read signature used to write: no sandbox
+    forged = url.split("&signature=")[0] + "&signature=v1_" + "A" * 43
+    for method, target_url in (("GET", forged), ("POST", url)):
+        answer = httpx.request(method, target_url)
+        assert (answer.status_code, answer.json()["code"]) == (400, 400), answer.text
+    other.kill()
+    assert httpx.get(other.download_url("/tmp/report.txt")).status_code == 400
+
+
 def test_unroutable_and_unknown_sandboxes_get_the_originals_json(api: ApiHarness) -> None:
     answer = httpx.get(f"{api.edge_url}/", headers={"Host": "nodots"})
     assert (answer.status_code, answer.json()) == (400, {"code": 400, "message": INVALID_HOST})

@@ -4,7 +4,11 @@ Per request:
 
 1. route with the node proxy's own rules (``ember.orchestrator.routing``): the
    ``E2b-Sandbox-Id``/``-Port`` headers when the Host is ``localhost``, an IP or
-   ``sandbox.<domain>``, else Host ``{port}-{id}.<domain>``; 400 JSON when neither works;
+   ``sandbox.<domain>``, else Host ``{port}-{id}.<domain>``; a signed ``/files`` URL naming
+   neither goes to the running sandbox whose envd token signs it (with ``E2B_SANDBOX_URL``,
+   what ``ember serve`` prints, the SDK's ``download_url``/``upload_url`` point at the edge
+   with nothing else naming the sandbox, and a browser or curl cannot add the headers);
+   400 JSON when nothing works;
 2. find the node: the catalog for a running sandbox; otherwise the auto-resume policy
    (``resume.resume_for_traffic``), whose refusals become the original's answers: 403 (bad
    credentials), 409 (still transitioning), 429 (team limit), 502 "The sandbox was not found";
@@ -21,6 +25,7 @@ the original's edge tries once); a node that stays unreachable is 502.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -37,6 +42,7 @@ from ember.api.errors import STILL_TRANSITIONING
 from ember.api.nodes import NodeClient
 from ember.api.plane import ControlPlane
 from ember.api.resume import ResumeRefused, resume_for_traffic
+from ember.envd.agent.signing import READ, WRITE, file_signature
 from ember.traffic.relay import (
     MAX_HEADER_BYTES,
     PortNotOpen,
@@ -47,6 +53,7 @@ from ember.traffic.relay import (
     relay_websocket,
 )
 from ember.traffic.routing import (
+    ENVD_PORT,
     SANDBOX_ID_HEADER,
     SANDBOX_NOT_FOUND_MESSAGE,
     SANDBOX_PORT_HEADER,
@@ -96,18 +103,25 @@ class EdgeProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        signed = False
         try:
             route = route_request(request.host, request.headers, self._domain)
         except RouteError as exc:
             if request.path == "/health" and not _names_sandbox(request):
                 return _json(200, {"status": "healthy"})
-            return _json(400, {"code": 400, "message": exc.message})
+            found = None if _names_sandbox(request) else self._signed_files_route(request)
+            if found is None:
+                return _json(400, {"code": 400, "message": exc.message})
+            route, signed = found, True
         node = await self._node_for(request, route)
         if isinstance(node, web.Response):
             return node
         headers = end_to_end(request.headers)
         headers.popall("Expect", None)
-        if self._domain and _header_routed(request, self._domain):
+        if signed:
+            headers[SANDBOX_ID_HEADER] = route.sandbox_id
+            headers[SANDBOX_PORT_HEADER] = str(route.port)
+        if self._domain and (signed or _header_routed(request, self._domain)):
             headers["Host"] = f"{route.port}-{route.sandbox_id}.{self._domain}"
             headers["X-Forwarded-Host"] = request.host
         url = URL.build(
@@ -130,6 +144,31 @@ class EdgeProxy:
                 502, {"sandboxId": route.sandbox_id, "message": NODE_UNREACHABLE_MESSAGE, "code": 502}
             )
         return response
+
+    def _signed_files_route(self, request: web.Request) -> Route | None:
+        """The running sandbox whose envd token signs this ``/files`` URL, if one does.
+
+        A signature verifies with one sandbox's token only, so finding the sandbox by it grants
+        nothing the URL did not already grant; envd checks the signature (and its expiry) again.
+        """
+        signature = request.query.get("signature")
+        if request.path != "/files" or request.method not in ("GET", "POST") or not signature:
+            return None
+        try:
+            raw_expiration = request.query.get("signature_expiration")
+            expiration = None if raw_expiration is None else int(raw_expiration)
+        except ValueError:
+            return None
+        operation = READ if request.method == "GET" else WRITE
+        path, username = request.query.get("path", ""), request.query.get("username")
+        for live in self._plane.catalog.all():
+            token = self._plane.envd_token(live.sandbox_id, live.record.spec)
+            if token is None:
+                continue
+            expected = file_signature(path, operation, username, token, expiration)
+            if hmac.compare_digest(expected.encode(), signature.encode()):
+                return Route(live.sandbox_id, ENVD_PORT)
+        return None
 
     async def _node_for(self, request: web.Request, route: Route) -> NodeClient | web.Response:
         live = self._plane.catalog.get(route.sandbox_id)
