@@ -246,6 +246,7 @@ def test_template_endpoints(http: httpx.Client) -> None:
 
 
 def test_a_pause_the_node_refuses_leaves_the_sandbox_running(api: ApiHarness, http: httpx.Client) -> None:
+    api.cluster.nodes[0].refuse_filesystem_only = True
     sandbox_id = _create(http)["sandboxID"]
     refused = _is_error(http.post(f"/sandboxes/{sandbox_id}/pause", json={"memory": False}), 400)
     assert "filesystem-only" in refused["message"]
@@ -255,12 +256,31 @@ def test_a_pause_the_node_refuses_leaves_the_sandbox_running(api: ApiHarness, ht
 
 
 def test_an_auto_pause_the_node_refuses_ends_in_a_kill(api: ApiHarness, http: httpx.Client) -> None:
+    api.cluster.nodes[0].refuse_filesystem_only = True
     sandbox_id = _create(http, timeout=1, autoPause=True, autoPauseMemory=False)["sandboxID"]
     wait_until(lambda: sandbox_id not in api.cluster.running(), what="the evictor")
     node = api.cluster.nodes[0]
     assert [pause.filesystem_only for pause in node.pauses] == [True]
     assert node.deletes[-1].sandbox_id == sandbox_id
     _is_error(http.get(f"/sandboxes/{sandbox_id}"), 404)
+
+
+def test_a_filesystem_only_snapshot_resumes_with_a_filesystem_boot(
+    api: ApiHarness, http: httpx.Client
+) -> None:
+    node = api.cluster.nodes[0]
+    sandbox_id = _create(http)["sandboxID"]
+    assert http.post(f"/sandboxes/{sandbox_id}/pause", json={"memory": False}).status_code == 204
+    assert [pause.filesystem_only for pause in node.pauses] == [True]
+    assert http.get(f"/sandboxes/{sandbox_id}").json()["pauseMode"] == "filesystem"
+    assert http.post(f"/v2/sandboxes/{sandbox_id}/connect", json={}).status_code == 201
+    resumed = node.creates[-1]
+    assert resumed.sandbox.sandbox_id == sandbox_id and resumed.filesystem_boot
+    assert resumed.sandbox.build_id == node.pauses[-1].build_id
+
+    assert http.post(f"/sandboxes/{sandbox_id}/pause").status_code == 204
+    assert http.post(f"/sandboxes/{sandbox_id}/resume", json={}).status_code == 201
+    assert not node.creates[-1].filesystem_boot, "a pause with memory resumes from memory again"
 
 
 def test_resumes_go_back_to_the_origin_node(tmp_path: Path) -> None:

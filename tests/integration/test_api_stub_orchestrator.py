@@ -262,12 +262,14 @@ class _SandboxService(orchestrator_pb2_grpc.SandboxServiceServicer):
     def Pause(self, request: Any, context: Any) -> Any:
         with self.node.lock:
             self.node.pauses.append(request)
-            if request.filesystem_only:
+            if request.filesystem_only and self.node.refuse_filesystem_only:
                 context.abort(grpc.StatusCode.UNIMPLEMENTED, "filesystem-only pauses are not supported")
             sandbox = self.node.sandboxes.pop(request.sandbox_id, None)
             if sandbox is None:
                 _abort(context, grpc.StatusCode.NOT_FOUND, f"sandbox {request.sandbox_id} is not running")
-        self.node.store_build(request.build_id, sandbox.config.build_id)
+        self.node.store_build(
+            request.build_id, sandbox.config.build_id, filesystem_only=request.filesystem_only
+        )
         return orchestrator_pb2.SandboxPauseResponse(
             scheduling_metadata=orchestrator_pb2.SchedulingMetadata(build_id=request.build_id)
         )
@@ -464,6 +466,8 @@ class StubNode:
         self.pauses: list[Any] = []
         self.checkpoints: list[Any] = []
         self.refuse_creates: grpc.StatusCode | None = None
+        self.refuse_filesystem_only = False
+        """Answer filesystem-only pauses UNIMPLEMENTED, as a node that cannot make them does."""
         self.max_sandboxes = 1000
         self.status = info_pb2.Healthy
         self.host = loopback_address()
@@ -515,7 +519,7 @@ class StubNode:
         with self.lock:
             return set(self.sandboxes)
 
-    def store_build(self, build_id: str, parent_id: str | None) -> None:
+    def store_build(self, build_id: str, parent_id: str | None, *, filesystem_only: bool = False) -> None:
         """Write a synthetic build over ``parent_id`` (one this node or ``adopt_build`` knows) to
         the storage, as a real node stores a finished template build or a pause; no storage:
         nothing. Seeds follow ``next_seed``, so a test's chains are the same every run."""
@@ -527,7 +531,9 @@ class StubNode:
                 return
             seed = self.next_seed
             self.next_seed += 1
-        written = write_synthetic_build(self.storage, uuid.UUID(build_id), parent, seed=seed)
+        written = write_synthetic_build(
+            self.storage, uuid.UUID(build_id), parent, seed=seed, filesystem_only=filesystem_only
+        )
         with self.lock:
             self.synthetic[build_id] = written
 

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from enum import Enum
 
 from ember.build.integrity import DataCheck, check_data_objects, data_requirements
+from ember.build.metadata import parse_metadata
 from ember.build.reader import BuildFile
-from ember.errors import MappingError
+from ember.errors import BuildError, MappingError, MetadataError, ObjectNotFound
 from ember.header import NIL_UUID, Header, check_data_block_size, validate_mappings
-from ember.storage import BuildPaths, Storage
+from ember.storage import MEMFILE, BuildPaths, Storage
 
 
 class Role(Enum):
@@ -58,10 +59,20 @@ class HeaderReport:
 
 def inspect_header(storage: Storage, build_id: uuid.UUID | str, file_name: str) -> HeaderReport:
     """Load a build's header (or its legacy stand-in) and summarize who provides which bytes."""
+    if file_name == MEMFILE and _filesystem_only(storage, build_id):
+        # Else the missing memfile reads as an unfinished upload, which this build is not.
+        raise BuildError(f"build {build_id} is filesystem-only: it has no memfile; inspect its -rootfs")
     device = BuildFile.open(storage, build_id, file_name)
     header_key = BuildPaths(device.build_id).header(file_name)
     header_size = storage.size(header_key) if storage.exists(header_key) else None
     return report_for(device.header, f"{storage.url}/{header_key}", file_name, header_size)
+
+
+def _filesystem_only(storage: Storage, build_id: uuid.UUID | str) -> bool:
+    try:
+        return parse_metadata(storage.get(BuildPaths(build_id).metadata), build_id).filesystem_only
+    except (ObjectNotFound, MetadataError):
+        return False
 
 
 def report_for(header: Header, source: str, file_name: str, header_size: int | None) -> HeaderReport:

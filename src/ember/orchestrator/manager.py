@@ -319,11 +319,11 @@ class SandboxManager:
         with self._lock:
             self._entries.pop(sandbox_id, None)
 
-    def pause(self, sandbox_id: str, build_id: str) -> PauseResult:
+    def pause(self, sandbox_id: str, build_id: str, filesystem_only: bool = False) -> PauseResult:
         managed = self.get(sandbox_id)
         target = _parse_build_id(build_id)
         try:
-            result = _guarded(lambda: managed.sandbox.pause(target))
+            result = _guarded(lambda: managed.sandbox.pause(target, filesystem_only=filesystem_only))
         finally:
             if managed.sandbox.state is not SandboxState.RUNNING:
                 with self._lock:

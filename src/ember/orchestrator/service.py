@@ -241,12 +241,9 @@ class SandboxService(orchestrator_pb2_grpc.SandboxServiceServicer):
         self, request: orchestrator_pb2.SandboxPauseRequest, context: grpc.ServicerContext
     ) -> orchestrator_pb2.SandboxPauseResponse:
         def pause() -> orchestrator_pb2.SandboxPauseResponse:
-            if request.filesystem_only:
-                raise OrchestratorError(
-                    grpc.StatusCode.UNIMPLEMENTED,
-                    "filesystem-only pauses are not supported by this node: pause with memory",
-                )
-            result = self._timed(lambda: self.manager.pause(request.sandbox_id, request.build_id))
+            result = self._timed(
+                lambda: self.manager.pause(request.sandbox_id, request.build_id, request.filesystem_only)
+            )
             return orchestrator_pb2.SandboxPauseResponse(
                 scheduling_metadata=scheduling_metadata(result.scheduling)
             )

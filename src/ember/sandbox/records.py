@@ -101,11 +101,16 @@ class BootSpec:
 
 @dataclass(frozen=True)
 class PauseSpec:
-    """Snapshot into ``build_id`` (already claimed); ``metadata`` is the child's, minus the VMM version."""
+    """Snapshot into ``build_id`` (already claimed); ``metadata`` is the child's, minus the VMM version.
+
+    ``filesystem_only`` keeps the rootfs diff alone: the build can only be cold-booted, but
+    costs no memory export, memfile or snapfile (the original's filesystem-only pause).
+    """
 
     build_id: uuid.UUID
     metadata: TemplateMetadata
     sync_guest: bool = True
+    filesystem_only: bool = False
 
 
 @dataclass(frozen=True)

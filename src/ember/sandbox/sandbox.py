@@ -358,7 +358,12 @@ class Sandbox:
     # -- ending ------------------------------------------------------------------------------
 
     def pause(
-        self, to_build: uuid.UUID, *, claimed: bool = False, metadata: TemplateMetadata | None = None
+        self,
+        to_build: uuid.UUID,
+        *,
+        claimed: bool = False,
+        metadata: TemplateMetadata | None = None,
+        filesystem_only: bool = False,
     ) -> PauseResult:
         """Snapshot into the new build ``to_build`` and end the sandbox (PAUSED).
 
@@ -366,6 +371,7 @@ class Sandbox:
         command that checks its target before it resumes does; else it is claimed here.
         ``metadata`` replaces what the child build records (a template build's context and
         start commands); by default it is the parent's, as the original's pause keeps it.
+        ``filesystem_only`` stores the disk alone (``PauseSpec``): the build is cold-booted later.
         """
         with self._lock:
             self._require("pause", SandboxState.RUNNING)
@@ -375,7 +381,9 @@ class Sandbox:
             self._set(SandboxState.PAUSING)
             try:
                 report: PauseReport = self._worker.call(
-                    "pause", PauseSpec(to_build, metadata or self._child_metadata), on_event=self.node.emit
+                    "pause",
+                    PauseSpec(to_build, metadata or self._child_metadata, filesystem_only=filesystem_only),
+                    on_event=self.node.emit,
                 )
             except BaseException as exc:
                 self._fail(exc)  # the sandbox process is gone: nothing writes the target any more
