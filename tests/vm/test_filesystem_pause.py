@@ -51,6 +51,11 @@ def _request(sandbox_id: str, build: str, **config: object) -> pb.SandboxCreateR
 
 def test_a_filesystem_only_pause_stores_the_disk_alone_and_cold_boots_with_its_files(tmp_path: Path) -> None:
     storage, build = make_build(tmp_path / "parent")
+    # as a template build with ENV and WORKDIR steps records it: what its commands ran with
+    parent_metadata = storage / "templates" / build / "metadata.json"
+    document = json.loads(parent_metadata.read_text())
+    document["context"] = {"workdir": "/tmp", "env_vars": {"FROM_TEMPLATE": "yes"}}
+    parent_metadata.write_text(json.dumps(document))
     with running_daemon(storage, tmp_path) as daemon:
         token = daemon.create("fsonly", build)
         daemon.envd("fsonly", token).write_file("/root/keep.txt", b"written before the pause\n")
@@ -71,6 +76,7 @@ def test_a_filesystem_only_pause_stores_the_disk_alone_and_cold_boots_with_its_f
         document = json.loads((folder / "metadata.json").read_text())
         assert document["filesystem_only"] is True and document["version"] >= 2
         assert document["template"]["build_id"] == paused
+        assert document["context"] == {"workdir": "/tmp", "env_vars": {"FROM_TEMPLATE": "yes"}}
         assert daemon.listed() == []
         assert _qemu_pids("fsonly") == []
 
@@ -87,6 +93,8 @@ def test_a_filesystem_only_pause_stores_the_disk_alone_and_cold_boots_with_its_f
         client = daemon.envd("fsboot", "token-fsboot")
         assert client.read_file("/root/keep.txt") == b"written before the pause\n"
         assert client.run("echo $SANDBOX_NAME").stdout == b"fsboot\n"
+        # the cold boot starts with the template's defaults, as a resume of it would
+        assert client.run("echo $FROM_TEMPLATE; pwd").stdout == b"yes\n/tmp\n"
         daemon.stub.Delete(pb.SandboxDeleteRequest(sandbox_id="fsboot"), timeout=60)
         assert daemon.listed() == [] and _qemu_pids("fsboot") == []
 

@@ -32,7 +32,8 @@ from typing import TypeVar
 
 import grpc
 
-from ember.errors import BuildError, EmberError, UsageError
+from ember.build import TemplateInfo, TemplateMetadata, parse_metadata
+from ember.errors import BuildError, EmberError, ObjectNotFound, UsageError
 from ember.network import EgressPolicy
 from ember.network.egress import DEFAULT_EGRESS
 from ember.orchestrator.host import disk_usage, memory_usage
@@ -50,6 +51,7 @@ from ember.sandbox import (
     TargetTaken,
     VmmKind,
 )
+from ember.storage import BuildPaths
 from ember.vmm.firecracker import resolve_firecracker
 
 _log = logging.getLogger(__name__)
@@ -233,20 +235,41 @@ class SandboxManager:
         return sandbox, build.vcpu_count or request.vcpu, ram_mb
 
     def _boot(self, request: CreateRequest, build_id: uuid.UUID) -> tuple[Sandbox, int, int]:
-        """``filesystem_boot``: a cold boot from the build's rootfs alone, fresh memory."""
+        """``filesystem_boot``: a cold boot from the build's rootfs alone, fresh memory.
+
+        The build's own metadata.json still counts: its context (user, workdir, environment) is
+        what its commands ran with, so the booted guest's defaults are the same, and a pause of
+        the booted sandbox records it again (a filesystem-only snapshot keeps its template's).
+        """
         vcpu = request.vcpu or 2
         ram_mb = request.ram_mb or 512
         self._require_node_room(ram_mb, request.total_disk_size_mb)
+        metadata = self._metadata_of(build_id)
+        context = metadata.context
         options = BootOptions(
             base_rootfs=build_id,
             vcpu_count=vcpu,
             memory_mib=ram_mb,
+            metadata=metadata.same_version_template(TemplateInfo("", metadata.template.kernel_version, "")),
             sandbox_id=request.sandbox_id,
             access_token=request.envd_access_token,
-            env_vars=dict(request.env_vars),
+            env_vars={**context.env_vars, **request.env_vars},
+            default_user=context.user or None,
+            default_workdir=context.workdir or None,
             egress=request.egress,
         )
         return _guarded(lambda: Sandbox.boot(self.node, options)), vcpu, ram_mb
+
+    def _metadata_of(self, build_id: uuid.UUID) -> TemplateMetadata:
+        try:
+            raw = self.node.storage.get(BuildPaths(build_id).metadata)
+        except ObjectNotFound as exc:
+            raise OrchestratorError(
+                grpc.StatusCode.NOT_FOUND,
+                f"build {build_id} has no metadata.json in {self.node.storage.url}: it does not exist "
+                "or was not finished; pick a finished build",
+            ) from exc
+        return _guarded(lambda: parse_metadata(raw, build_id))
 
     def _require_node_room(self, ram_mb: int, disk_mb: int) -> None:
         """Refuse a sandbox bigger than the whole node, which no wait would make room for here."""

@@ -115,6 +115,8 @@ class BootOptions:
     sandbox_id: str | None = None
     access_token: str | None = None
     env_vars: Mapping[str, str] = field(default_factory=dict)
+    default_user: str | None = None
+    default_workdir: str | None = None
     kernel_version: str | None = None
     envd_timeout_s: float = 120.0
     egress: EgressPolicy = DEFAULT_EGRESS
@@ -217,7 +219,12 @@ class Sandbox:
     @classmethod
     def boot(cls, node: Node, options: BootOptions) -> Sandbox:
         """Cold-boot over a build's rootfs (RUNNING once envd answered /init)."""
-        identity = GuestIdentity(options.access_token or new_access_token(), dict(options.env_vars))
+        identity = GuestIdentity(
+            options.access_token or new_access_token(),
+            dict(options.env_vars),
+            default_user=options.default_user,
+            default_workdir=options.default_workdir,
+        )
         sandbox = cls(
             node, options.sandbox_id or new_sandbox_id(), identity, options.metadata, options.base_rootfs
         )
