@@ -48,6 +48,26 @@ def environment(base: Path) -> dict[str, str]:
     }
 
 
+def create_request(sandbox_id: str, build: str, **config: object) -> pb.SandboxCreateRequest:
+    """A Create of ``build`` as the tests send it: the token ``token-<id>``, SANDBOX_NAME set."""
+    return pb.SandboxCreateRequest(
+        sandbox=pb.SandboxConfig(
+            sandbox_id=sandbox_id,
+            build_id=build,
+            envd_access_token=f"token-{sandbox_id}",
+            env_vars={"SANDBOX_NAME": sandbox_id},
+            **config,  # type: ignore[arg-type]
+        )
+    )
+
+
+def qemu_pids(sandbox_id: str) -> list[int]:
+    """The VMM processes of one sandbox (named ``sandbox-<id>``): none once it is gone."""
+    pattern = f"sandbox-{sandbox_id}"
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False)
+    return [int(pid) for pid in found.stdout.split()]
+
+
 def make_build(
     root: Path, start_cmd: str = COUNTER, ready_cmd: str = "test -s /tmp/counter"
 ) -> tuple[Path, str]:

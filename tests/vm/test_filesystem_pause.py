@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from orchestrator_daemon import make_build, running_daemon
+from orchestrator_daemon import create_request, make_build, qemu_pids, running_daemon
 
 from ember.rpc import orchestrator_pb2 as pb
 
@@ -28,25 +28,6 @@ pytestmark = [
 
 BOOT_TIMEOUT_S = 600.0
 """A cold boot under TCG runs the guest kernel and its init before envd answers."""
-
-
-def _qemu_pids(sandbox_id: str) -> list[int]:
-    found = subprocess.run(
-        ["pgrep", "-f", f"sandbox-{sandbox_id}"], capture_output=True, text=True, check=False
-    )
-    return [int(pid) for pid in found.stdout.split()]
-
-
-def _request(sandbox_id: str, build: str, **config: object) -> pb.SandboxCreateRequest:
-    return pb.SandboxCreateRequest(
-        sandbox=pb.SandboxConfig(
-            sandbox_id=sandbox_id,
-            build_id=build,
-            envd_access_token=f"token-{sandbox_id}",
-            env_vars={"SANDBOX_NAME": sandbox_id},
-            **config,  # type: ignore[arg-type]
-        )
-    )
 
 
 def test_a_filesystem_only_pause_stores_the_disk_alone_and_cold_boots_with_its_files(tmp_path: Path) -> None:
@@ -78,16 +59,16 @@ def test_a_filesystem_only_pause_stores_the_disk_alone_and_cold_boots_with_its_f
         assert document["template"]["build_id"] == paused
         assert document["context"] == {"workdir": "/tmp", "env_vars": {"FROM_TEMPLATE": "yes"}}
         assert daemon.listed() == []
-        assert _qemu_pids("fsonly") == []
+        assert qemu_pids("fsonly") == []
 
-        refused = _request("fsmemory", paused, snapshot=True)
+        refused = create_request("fsmemory", paused, snapshot=True)
         with pytest.raises(grpc.RpcError) as caught:
             daemon.stub.Create(refused, timeout=120)
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "filesystem-only" in (caught.value.details() or "")
         assert daemon.listed() == []
 
-        booted = _request("fsboot", paused, vcpu=2, ram_mb=512)
+        booted = create_request("fsboot", paused, vcpu=2, ram_mb=512)
         booted.filesystem_boot = True
         assert daemon.stub.Create(booted, timeout=BOOT_TIMEOUT_S).filesystem_boot_applied
         client = daemon.envd("fsboot", "token-fsboot")
@@ -96,7 +77,7 @@ def test_a_filesystem_only_pause_stores_the_disk_alone_and_cold_boots_with_its_f
         # the cold boot starts with the template's defaults, as a resume of it would
         assert client.run("echo $FROM_TEMPLATE; pwd").stdout == b"yes\n/tmp\n"
         daemon.stub.Delete(pb.SandboxDeleteRequest(sandbox_id="fsboot"), timeout=60)
-        assert daemon.listed() == [] and _qemu_pids("fsboot") == []
+        assert daemon.listed() == [] and qemu_pids("fsboot") == []
 
     destination = tmp_path / "copy"
     copied = subprocess.run(

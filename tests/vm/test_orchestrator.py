@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
-import subprocess
 import time
 import urllib.request
 import uuid
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from orchestrator_daemon import Daemon, make_build, running_daemon, start_daemon, stop_daemon
+from orchestrator_daemon import Daemon, make_build, qemu_pids, running_daemon, start_daemon, stop_daemon
 
 from ember.rpc import orchestrator_pb2 as pb
 
@@ -40,13 +39,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def daemon(store: tuple[Path, str], tmp_path: Path) -> Iterator[Daemon]:
     with running_daemon(store[0], tmp_path) as started:
         yield started
-
-
-def _qemu_pids(sandbox_id: str) -> list[int]:
-    found = subprocess.run(
-        ["pgrep", "-f", f"sandbox-{sandbox_id}"], capture_output=True, text=True, check=False
-    )
-    return [int(pid) for pid in found.stdout.split()]
 
 
 def _mounts_under(base: Path) -> list[str]:
@@ -74,7 +66,7 @@ def test_sandboxes_run_pause_resume_checkpoint_and_leave_nothing(
     assert build in reply.scheduling_metadata.memfile_build_ids
     assert daemon.listed() == ["orchb", "orchc"]
     assert (storage / "templates" / paused / "metadata.json").exists()
-    assert _qemu_pids("orcha") == []
+    assert qemu_pids("orcha") == []
 
     token = daemon.create("orchd", paused, snapshot=True)
     resumed = daemon.envd("orchd", token)
@@ -95,7 +87,7 @@ def test_sandboxes_run_pause_resume_checkpoint_and_leave_nothing(
     for sandbox_id in live:
         daemon.stub.Delete(pb.SandboxDeleteRequest(sandbox_id=sandbox_id))
     assert daemon.listed() == []
-    assert all(_qemu_pids(sandbox_id) == [] for sandbox_id in [*ids, "orchd", "orche"])
+    assert all(qemu_pids(sandbox_id) == [] for sandbox_id in [*ids, "orchd", "orche"])
     assert daemon.workspaces() == []
     assert _mounts_under(daemon.base) == []
 
@@ -157,7 +149,7 @@ def test_a_sandbox_whose_qemu_is_killed_leaves_the_list_and_the_others_go_on(
 ) -> None:
     _, build = store
     tokens = {sandbox_id: daemon.create(sandbox_id, build) for sandbox_id in ("crasha", "crashb")}
-    [pid] = _qemu_pids("crasha")
+    [pid] = qemu_pids("crasha")
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
     while "crasha" in daemon.listed():
@@ -178,7 +170,7 @@ def test_sigkill_of_the_daemon_then_a_restart_leaves_no_orphan(
     ids = ["killa", "killb", "killc"]
     for sandbox_id in ids:
         first.create(sandbox_id, build)
-    qemus = [pid for sandbox_id in ids for pid in _qemu_pids(sandbox_id)]
+    qemus = [pid for sandbox_id in ids for pid in qemu_pids(sandbox_id)]
     assert len(qemus) == 3 and len(first.workspaces()) == 3
     first.process.kill()
     first.process.wait(30)

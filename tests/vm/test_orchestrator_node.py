@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
-import subprocess
 import time
 import urllib.request
 import uuid
@@ -23,7 +22,15 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2, timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from orchestrator_daemon import START_TIMEOUT_S, Daemon, make_build, running_daemon, start_daemon
+from orchestrator_daemon import (
+    START_TIMEOUT_S,
+    Daemon,
+    create_request,
+    make_build,
+    qemu_pids,
+    running_daemon,
+    start_daemon,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from ember.network.ownership import OWNERS_DIR
@@ -62,25 +69,6 @@ def _code(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
 
 def _create(daemon: Daemon, request: pb.SandboxCreateRequest, timeout: float = START_TIMEOUT_S) -> None:
     daemon.stub.Create(request, timeout=timeout)
-
-
-def _request(sandbox_id: str, build: str, **config: object) -> pb.SandboxCreateRequest:
-    return pb.SandboxCreateRequest(
-        sandbox=pb.SandboxConfig(
-            sandbox_id=sandbox_id,
-            build_id=build,
-            envd_access_token=f"token-{sandbox_id}",
-            env_vars={"SANDBOX_NAME": sandbox_id},
-            **config,  # type: ignore[arg-type]
-        )
-    )
-
-
-def _qemu_pids(sandbox_id: str) -> list[int]:
-    found = subprocess.run(
-        ["pgrep", "-f", f"sandbox-{sandbox_id}"], capture_output=True, text=True, check=False
-    )
-    return [int(pid) for pid in found.stdout.split()]
 
 
 def _parent(pid: int) -> int:
@@ -172,7 +160,7 @@ def test_create_list_update_limits_and_node_info_as_the_control_plane_sees_them(
     }
     replies = {}
     for sandbox_id, (start, end) in times.items():
-        request = _request(sandbox_id, build)
+        request = create_request(sandbox_id, build)
         request.start_time.CopyFrom(_stamp(start))
         request.end_time.CopyFrom(_stamp(end))
         replies[sandbox_id] = daemon.stub.Create(request, timeout=START_TIMEOUT_S)
@@ -217,7 +205,7 @@ def test_create_list_update_limits_and_node_info_as_the_control_plane_sees_them(
     )
     assert code == grpc.StatusCode.NOT_FOUND and "nobody" in message
 
-    code, message = _code(lambda: _create(daemon, _request("nodec", build)))
+    code, message = _code(lambda: _create(daemon, create_request("nodec", build)))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "maximum of 2 sandboxes" in message
 
     busy = info.ServiceInfo(empty_pb2.Empty(), timeout=30)
@@ -231,14 +219,14 @@ def test_create_list_update_limits_and_node_info_as_the_control_plane_sees_them(
     _wait_for_slots(daemon, WARM_SLOTS + 1)
 
     # Bigger than the whole node: no wait makes room, the control plane must place it elsewhere.
-    code, message = _code(lambda: _create(daemon, _request("nodec", build, total_disk_size_mb=1 << 40)))
+    code, message = _code(lambda: _create(daemon, create_request("nodec", build, total_disk_size_mb=1 << 40)))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "total_disk_size_mb" in message
-    boot = _request("nodec", build, ram_mb=(idle.metric_memory_total_bytes >> 20) + 1024)
+    boot = create_request("nodec", build, ram_mb=(idle.metric_memory_total_bytes >> 20) + 1024)
     boot.filesystem_boot = True
     code, message = _code(lambda: _create(daemon, boot))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "ram_mb" in message
 
-    _create(daemon, _request("nodec", build))
+    _create(daemon, create_request("nodec", build))
     assert daemon.envd("nodec", "token-nodec").run("echo $SANDBOX_NAME").stdout == b"nodec\n"
     paused = str(uuid.uuid4())
     daemon.stub.Pause(pb.SandboxPauseRequest(sandbox_id="nodea", build_id=paused), timeout=300)
@@ -280,7 +268,7 @@ def test_create_list_update_limits_and_node_info_as_the_control_plane_sees_them(
 def test_a_filesystem_boot_runs_commands_through_envd(store: tuple[Path, str], tmp_path: Path) -> None:
     _, build = store
     with running_daemon(store[0], tmp_path) as daemon:
-        request = _request("coldboot", build)
+        request = create_request("coldboot", build)
         request.filesystem_boot = True
         reply = daemon.stub.Create(request, timeout=BOOT_TIMEOUT_S)
         assert reply.filesystem_boot_applied
@@ -290,7 +278,7 @@ def test_a_filesystem_boot_runs_commands_through_envd(store: tuple[Path, str], t
         assert result.exit_code == 0 and result.stdout == b"coldboot\n"
         assert daemon.listed() == ["coldboot"]
         daemon.stub.Delete(pb.SandboxDeleteRequest(sandbox_id="coldboot"), timeout=60)
-        assert _qemu_pids("coldboot") == []
+        assert qemu_pids("coldboot") == []
 
 
 def test_sigterm_refuses_new_work_then_kills_the_sandboxes_and_exits_zero(
@@ -299,8 +287,8 @@ def test_sigterm_refuses_new_work_then_kills_the_sandboxes_and_exits_zero(
     storage, build = store
     daemon = start_daemon(storage, tmp_path / "base", tmp_path / "daemon.log")
     try:
-        _create(daemon, _request("termed", build))
-        assert _qemu_pids("termed") and daemon.workspaces()
+        _create(daemon, create_request("termed", build))
+        assert qemu_pids("termed") and daemon.workspaces()
         slots = _wait_for_slots(daemon, WARM_SLOTS + 1)
         health = health_pb2_grpc.HealthStub(daemon.channel)
         daemon.process.send_signal(signal.SIGTERM)
@@ -314,7 +302,7 @@ def test_sigterm_refuses_new_work_then_kills_the_sandboxes_and_exits_zero(
                 break
             assert time.monotonic() < deadline, "the daemon still reports SERVING after SIGTERM"
             time.sleep(0.05)
-        code, _ = _code(lambda: _create(daemon, _request("late", build), timeout=30))
+        code, _ = _code(lambda: _create(daemon, create_request("late", build), timeout=30))
         assert code == grpc.StatusCode.UNAVAILABLE
         assert daemon.process.wait(120) == 0, daemon.log.read_text()[-3000:]
     finally:
@@ -323,7 +311,7 @@ def test_sigterm_refuses_new_work_then_kills_the_sandboxes_and_exits_zero(
             daemon.process.kill()
             daemon.process.wait(30)
     assert daemon.workspaces() == []
-    assert _qemu_pids("termed") == [] and _qemu_pids("late") == []
+    assert qemu_pids("termed") == [] and qemu_pids("late") == []
     left = [idx for idx, pid in slots.items() if _owner_pid(OWNERS_DIR / str(idx)) == pid]
     assert left == [], f"the stopped daemon left the owner files of slots {left}"
     assert "stopped" in daemon.log.read_text()
