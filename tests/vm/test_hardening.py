@@ -97,6 +97,16 @@ def _digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
+def _assert_the_next_command_reclaims(builds: Builds, run: Run) -> None:
+    """What a killed command left (its workspace at least) is reclaimed by the next one, and said so."""
+    assert run.workspaces(), "nothing was left to reclaim: the test would prove nothing"
+    after = _resume(builds.storage, builds.parent, "-cmd", "true")
+    assert after.returncode == 0, after.stderr
+    reclaimed = re.search(r"Reclaimed what killed sandboxes left: (\d+) workspaces", after.stdout)
+    assert reclaimed and int(reclaimed.group(1)) >= 1, after.stdout
+    run.assert_gone(within_s=2)
+
+
 def _error_line(result: Finished) -> str:
     """The command's stderr, which must be exactly one line (no traceback, no log lines)."""
     lines = result.stderr.strip().splitlines()
@@ -373,12 +383,7 @@ def test_the_next_command_reclaims_what_a_killed_interactive_run_left(
     interactive.process.kill()
     interactive.process.wait(30)
     wait_all_gone(started)
-    assert run.workspaces(), "nothing was left to reclaim: the test would prove nothing"
-    after = _resume(builds.storage, builds.parent, "-cmd", "true")
-    assert after.returncode == 0, after.stderr
-    reclaimed = re.search(r"Reclaimed what killed sandboxes left: (\d+) workspaces", after.stdout)
-    assert reclaimed and int(reclaimed.group(1)) >= 1, after.stdout
-    run.assert_gone(within_s=2)
+    _assert_the_next_command_reclaims(builds, run)
 
 
 # -- g. a full disk ends the command with its reason -------------------------------------------
@@ -615,13 +620,7 @@ def test_a_create_build_killed_while_it_boots_leaves_no_build_and_the_next_comma
     assert process.returncode == -signal.SIGKILL
     assert "running in network slot" not in out, f"the boot had ended: the kill came too late\n{out}"
     assert not (builds.folder(target) / "metadata.json").exists(), "a killed create left a complete build"
-    assert run.workspaces(), "nothing was left to reclaim: the test would prove nothing"
-
-    after = _resume(builds.storage, builds.parent, "-cmd", "true")
-    assert after.returncode == 0, after.stderr
-    reclaimed = re.search(r"Reclaimed what killed sandboxes left: (\d+) workspaces", after.stdout)
-    assert reclaimed and int(reclaimed.group(1)) >= 1, after.stdout
-    run.assert_gone(within_s=2)
+    _assert_the_next_command_reclaims(builds, run)
     refused = _resume(builds.storage, target, "-cmd", "true")
     assert refused.returncode == 1 and str(target) in _error_line(refused), refused.stdout + refused.stderr
 

@@ -32,8 +32,8 @@ from typing import TypeVar
 
 import grpc
 
-from ember.build import TemplateInfo, TemplateMetadata, parse_metadata
-from ember.errors import BuildError, EmberError, ObjectNotFound, UsageError
+from ember.build import TemplateInfo
+from ember.errors import BuildError, EmberError, UsageError
 from ember.network import EgressPolicy
 from ember.network.egress import DEFAULT_EGRESS
 from ember.orchestrator.host import disk_usage, memory_usage
@@ -50,8 +50,8 @@ from ember.sandbox import (
     SchedulingInfo,
     TargetTaken,
     VmmKind,
+    read_build_metadata,
 )
-from ember.storage import BuildPaths
 from ember.vmm.firecracker import resolve_firecracker
 
 _log = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ class SandboxManager:
         vcpu = request.vcpu or 2
         ram_mb = request.ram_mb or 512
         self._require_node_room(ram_mb, request.total_disk_size_mb)
-        metadata = self._metadata_of(build_id)
+        metadata = _guarded(lambda: read_build_metadata(self.node.storage, build_id))
         context = metadata.context
         options = BootOptions(
             base_rootfs=build_id,
@@ -259,17 +259,6 @@ class SandboxManager:
             egress=request.egress,
         )
         return _guarded(lambda: Sandbox.boot(self.node, options)), vcpu, ram_mb
-
-    def _metadata_of(self, build_id: uuid.UUID) -> TemplateMetadata:
-        try:
-            raw = self.node.storage.get(BuildPaths(build_id).metadata)
-        except ObjectNotFound as exc:
-            raise OrchestratorError(
-                grpc.StatusCode.NOT_FOUND,
-                f"build {build_id} has no metadata.json in {self.node.storage.url}: it does not exist "
-                "or was not finished; pick a finished build",
-            ) from exc
-        return _guarded(lambda: parse_metadata(raw, build_id))
 
     def _require_node_room(self, ram_mb: int, disk_mb: int) -> None:
         """Refuse a sandbox bigger than the whole node, which no wait would make room for here."""

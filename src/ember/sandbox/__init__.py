@@ -18,7 +18,7 @@ from ember.sandbox.records import (
     UsageReport,
     VmmKind,
 )
-from ember.sandbox.resume import load_build_info, open_read_storage, save_prefetch
+from ember.sandbox.resume import load_build_info, open_read_storage, read_build_metadata, save_prefetch
 from ember.sandbox.rootfs import (
     CheckResult,
     ServedRootfs,
@@ -71,6 +71,7 @@ __all__ = [
     "new_access_token",
     "new_sandbox_id",
     "open_read_storage",
+    "read_build_metadata",
     "reclaim_orphans",
     "save_prefetch",
     "store_image_build",

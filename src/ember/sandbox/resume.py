@@ -61,17 +61,21 @@ def _header_size(storage: Storage, build_id: uuid.UUID, name: str) -> int:
     return deserialize_header(storage.get(BuildPaths(build_id).header(name))).metadata.size
 
 
-def load_build_info(storage: Storage, build_id: uuid.UUID, env: Environment) -> BuildInfo:
-    """Fetch and check what every resume of ``build_id`` needs (see the module docstring)."""
-    paths = BuildPaths(build_id)
+def read_build_metadata(storage: Storage, build_id: uuid.UUID) -> TemplateMetadata:
+    """``build_id``'s metadata.json; ``BuildNotFound`` when the build is missing or unfinished."""
     try:
-        raw = storage.get(paths.metadata)
+        raw = storage.get(BuildPaths(build_id).metadata)
     except ObjectNotFound as exc:
         raise BuildNotFound(
             f"build {build_id} is not complete in {storage.url}: it has no metadata.json "
             "(it does not exist, or a create-build or pause did not finish); pick a finished build"
         ) from exc
-    metadata = parse_metadata(raw).require_resumable(build_id)
+    return parse_metadata(raw, build_id)
+
+
+def load_build_info(storage: Storage, build_id: uuid.UUID, env: Environment) -> BuildInfo:
+    """Fetch and check what every resume of ``build_id`` needs (see the module docstring)."""
+    metadata = read_build_metadata(storage, build_id).require_resumable(build_id)
     if metadata.filesystem_only:
         raise BuildError(
             f"build {build_id} is filesystem-only (no memory snapshot): start it with a filesystem boot"
