@@ -131,8 +131,8 @@ class Daemon:
             warm_slots=self.config.warm_slots,
         )
         self.node = node
-        if node.reclaimed.count:
-            _log.info("reclaimed what a previous run left: %s", node.reclaimed.summary())
+        if node.reclaimed.count:  # a previous run was killed: worth a line even at serve's WARNING level
+            _log.warning("reclaimed what a previous run left: %s", node.reclaimed.summary())
         manager = SandboxManager(
             node,
             client_id=str(uuid.uuid5(uuid.NAMESPACE_DNS, self.node_id))[:8],
